@@ -1,0 +1,74 @@
+# Custody — every entry point a platform team or CI uses. Recipes run on the
+# project's own Node 24 (the npm devDependency `node`), not the machine's.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
+NODE := $(CURDIR)/node_modules/.bin/node
+ENV_DIR := $(CURDIR)/.local/env
+ENV_SH := $(CURDIR)/.local/env.sh
+
+.PHONY: help deps env-build up down status run test test-unit test-integration demo bench generate check-generated lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+deps: node_modules/.installed ## install npm dependencies (Node 24 included)
+
+env-build: ## build kube-apiserver, controller-manager, kubectl, etcd, helm and fetch Kafka into the cache
+	@test/env/build.sh >/dev/null
+
+up: deps env-build ## start etcd, kube-apiserver, kube-controller-manager and Kafka on 127.0.0.1
+	@test/env/up.sh $(ENV_DIR) $(ENV_SH)
+	@echo
+	@echo "  Local environment is up. Use it from your shell with:"
+	@echo "    source .local/env.sh && kubectl get --raw /readyz"
+	@echo "  Users in the kubeconfig: admin (current), alice, bob, mallory (kubectl --context alice ...)."
+	@echo "  Stop everything with: make down"
+
+down: ## stop the local environment (no process left behind)
+	@test/env/down.sh $(ENV_DIR)
+
+status: ## show which local processes run
+	@test/env/status.sh $(ENV_DIR)
+
+run: deps ## install the CRDs into the environment of .local/env.sh and run the operator in the foreground
+	@test -f $(ENV_SH) || { echo "no local environment: run 'make up' first" >&2; exit 1; }
+	@source $(ENV_SH) && kubectl apply --server-side --force-conflicts -f crds/ >/dev/null && \
+	  exec $(NODE) operator/main.ts
+
+test: deps env-build ## unit and integration tests (starts its own throwaway environment)
+	vitest run
+
+test-unit: deps ## unit tests only (no environment)
+	vitest run --project unit
+
+test-integration: deps env-build ## integration tests only
+	vitest run --project integration
+
+demo: up ## start the environment and show how to reach it
+	@source $(ENV_SH) && echo && echo "kubectl get --raw /readyz: $$(kubectl get --raw /readyz)" && \
+	  kubectl version 2>/dev/null | sed 's/^/  /' && echo "  Kafka: $$CUSTODY_KAFKA_BROKERS"
+
+bench: deps ## benchmarks that print numbers
+	@if [ -f bench/run.ts ]; then $(NODE) bench/run.ts; else echo "no benchmarks yet"; fi
+
+generate: deps ## write crds/ from the zod schemas
+	$(NODE) scripts/generate.ts
+
+check-generated: deps ## fail when generated files are stale
+	$(NODE) scripts/generate.ts --check
+
+lint: deps ## biome (lint + format check) and the TypeScript type check
+	biome check .
+	tsc -p tsconfig.json --noEmit
+
+format: deps ## apply biome's formatting and safe fixes
+	biome check --write .
+
+clean: down ## remove local state (the build cache outside the clone is kept)
+	rm -rf .local

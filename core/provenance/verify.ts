@@ -1,0 +1,507 @@
+/**
+ * Verification of provenance streams as read from Kafka (pure: records and
+ * keys in, a report out). Rules, in the order they are applied (docs/events.md):
+ *
+ * 1. Each record must be UTF-8 JSON in exactly its canonical form, with a
+ *    well-typed envelope (`malformed` otherwise, or `altered` when it parses
+ *    but is not canonical); its custodyhash must be the SHA-256 of its hash
+ *    input (`altered`); its kid must be a known key (`unknown-key`) and its
+ *    signature must verify (`bad-signature`).
+ * 2. A record byte-identical to an earlier one is a re-send (`duplicate`,
+ *    info) and counts once.
+ * 3. Per stream and seq, among the records that passed (1): the highest
+ *    epoch wins; lower-epoch ones are a deposed writer's (`stale-epoch`,
+ *    warning, excluded); two different winners are a `fork`.
+ * 4. Walking seqs upward: an event whose epoch is below one already accepted
+ *    is `stale-epoch` (excluded); a gap is `missing`; a custodyprev that is not
+ *    the previous event's hash is `reordered`. Within one partition, an event
+ *    at a higher offset than an event with a higher seq is `reordered`.
+ * 5. The stream must reach the highest verified checkpoint and agree with
+ *    every checkpoint's hash (`truncated` otherwise).
+ *
+ * A stream is ok when it has no error finding; findings are sorted by seq,
+ * kind, partition and offset, so a report is deterministic for its input.
+ */
+import type { JsonWebKey, KeyObject } from "node:crypto";
+import { ValidationError } from "../errors.ts";
+import { canonicalForms, type StreamHead, sha256Hex } from "./chain.ts";
+import { type Checkpoint, verifyCheckpoint } from "./checkpoint.ts";
+import { type Envelope, envelopeSchema, GENESIS_HASH } from "./events.ts";
+import { createKeyRing, decodeBase64url, type KeyRing, verifyEs256 } from "./sign.ts";
+
+export interface StreamRecord {
+  readonly partition: number;
+  /** Kafka offset (kafkajs gives strings). */
+  readonly offset: string | number | bigint;
+  readonly value: Uint8Array | string;
+}
+
+export const FINDING_KINDS = [
+  "malformed",
+  "altered",
+  "unknown-key",
+  "bad-signature",
+  "duplicate",
+  "fork",
+  "stale-epoch",
+  "missing",
+  "reordered",
+  "truncated",
+] as const;
+export type FindingKind = (typeof FINDING_KINDS)[number];
+export type Severity = "error" | "warning" | "info";
+
+export interface Finding {
+  readonly kind: FindingKind;
+  readonly severity: Severity;
+  /** null only for a record too broken to name its stream. */
+  readonly stream: string | null;
+  readonly seq: number | null;
+  readonly id: string | null;
+  readonly partition: number | null;
+  readonly offset: string | null;
+  readonly message: string;
+}
+
+export interface StreamReport {
+  readonly stream: string;
+  readonly ok: boolean;
+  /** Distinct events accepted into the chain. */
+  readonly events: number;
+  readonly first: number | null;
+  /** The last accepted event (what a checkpoint of this stream would anchor). */
+  readonly head: StreamHead | null;
+  readonly epoch: number | null;
+  readonly findings: readonly Finding[];
+}
+
+export interface VerifyReport {
+  readonly ok: boolean;
+  readonly records: number;
+  readonly streams: readonly StreamReport[];
+  /** Findings about records (or checkpoints) that do not even name a stream. */
+  readonly unattributed: readonly Finding[];
+}
+
+export interface VerifyOptions {
+  /** Public keys by kid (each kid must be its key's RFC 7638 thumbprint). */
+  readonly keys: ReadonlyMap<string, KeyObject | JsonWebKey>;
+  /** Checkpoints as read from where they are anchored (verified here). */
+  readonly checkpoints?: readonly unknown[];
+  /**
+   * The topic's retention may have deleted a stream's oldest events: accept a
+   * stream whose first event is not seq 1. Off by default (then that is `missing`).
+   */
+  readonly allowRetentionGap?: boolean;
+}
+
+const SEVERITY: Readonly<Record<FindingKind, Severity>> = {
+  malformed: "error",
+  altered: "error",
+  "unknown-key": "error",
+  "bad-signature": "error",
+  duplicate: "info",
+  fork: "error",
+  "stale-epoch": "warning",
+  missing: "error",
+  reordered: "error",
+  truncated: "error",
+};
+
+interface Located {
+  readonly partition: number;
+  readonly offset: bigint;
+  readonly text: string;
+}
+
+interface Parsed extends Located {
+  readonly env: Envelope;
+  /** The first integrity rule it broke, if any. */
+  readonly broken: "altered" | "unknown-key" | "bad-signature" | null;
+}
+
+const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+const ENCODER = new TextEncoder();
+
+export function verifyStreams(records: readonly StreamRecord[], options: VerifyOptions): VerifyReport {
+  const keys = createKeyRing(options.keys);
+  const findings: Finding[] = [];
+  const byStream = new Map<string, Map<number, Parsed[]>>();
+  const firstCopy = new Map<string, Parsed | null>();
+
+  for (const record of locate(records)) {
+    const earlier = firstCopy.get(record.text);
+    if (earlier !== undefined) {
+      // A re-send (same bytes): benign, counted once. Copies of unreadable records are just as unreadable.
+      findings.push(
+        earlier === null
+          ? finding("malformed", null, record, "record is a copy of an earlier unreadable record")
+          : finding("duplicate", earlier.env, record, `byte-identical re-send of offset ${earlier.offset}`),
+      );
+      continue;
+    }
+    const parsed = parse(record, keys, findings);
+    firstCopy.set(record.text, parsed);
+    if (parsed === null) continue;
+    const { custodystream: stream, custodyseq: seq } = parsed.env;
+    let seqs = byStream.get(stream);
+    if (seqs === undefined) {
+      seqs = new Map();
+      byStream.set(stream, seqs);
+    }
+    const candidates = seqs.get(seq);
+    if (candidates === undefined) seqs.set(seq, [parsed]);
+    else candidates.push(parsed);
+  }
+
+  const checkpoints = readCheckpoints(options.checkpoints ?? [], keys, findings);
+  const names = new Set([...byStream.keys(), ...checkpoints.keys()]);
+  const streams: StreamReport[] = [];
+  for (const stream of [...names].sort()) {
+    const own = findings.filter((f) => f.stream === stream);
+    streams.push(
+      verifyStream(stream, byStream.get(stream) ?? new Map(), checkpoints.get(stream) ?? [], options, own),
+    );
+  }
+  const unattributed = sortFindings(findings.filter((f) => f.stream === null));
+  return {
+    ok: unattributed.length === 0 && streams.every((s) => s.ok),
+    records: records.length,
+    streams,
+    unattributed,
+  };
+}
+
+function verifyStream(
+  stream: string,
+  seqs: ReadonlyMap<number, readonly Parsed[]>,
+  checkpoints: readonly Checkpoint[],
+  options: VerifyOptions,
+  findings: Finding[],
+): StreamReport {
+  // Rule 3: pick each seq's occupant.
+  const occupants = new Map<number, { readonly event: Parsed; readonly hashes: ReadonlySet<string> }>();
+  for (const [seq, candidates] of seqs) {
+    const sound = candidates.filter((c) => c.broken === null);
+    if (sound.length === 0) {
+      // Every copy failed integrity (already reported): keep one so the chain walk does not also call it missing.
+      occupants.set(seq, { event: candidates[0]!, hashes: new Set([candidates[0]!.env.custodyhash]) });
+      continue;
+    }
+    const epoch = Math.max(...sound.map((c) => c.env.custodyepoch));
+    const winners = sound.filter((c) => c.env.custodyepoch === epoch);
+    const first = winners[0]!;
+    for (const c of sound) {
+      if (c.env.custodyepoch < epoch) {
+        findings.push(
+          finding(
+            "stale-epoch",
+            c.env,
+            c,
+            `epoch ${c.env.custodyepoch} below epoch ${epoch} of ${describe(first)} at the same seq`,
+          ),
+        );
+      } else if (c !== first) {
+        findings.push(finding("fork", c.env, c, `differs from ${describe(first)} at the same seq`));
+      }
+    }
+    occupants.set(seq, { event: first, hashes: new Set(winners.map((w) => w.env.custodyhash)) });
+  }
+
+  // Rule 4: walk the chain.
+  const accepted: Parsed[] = [];
+  const hashesAt = new Map<number, ReadonlySet<string>>();
+  let previous: { seq: number; hashes: ReadonlySet<string>; broken: boolean } | null = null;
+  let maxEpoch = -1;
+  for (const seq of [...occupants.keys()].sort((a, b) => a - b)) {
+    const { event, hashes } = occupants.get(seq)!;
+    const env = event.env;
+    const broken = event.broken !== null;
+    if (!broken && env.custodyepoch < maxEpoch) {
+      findings.push(
+        finding(
+          "stale-epoch",
+          env,
+          event,
+          `epoch ${env.custodyepoch} after the stream reached epoch ${maxEpoch}`,
+        ),
+      );
+      continue;
+    }
+    if (previous === null) {
+      if (seq > 1 && !options.allowRetentionGap) findings.push(missing(stream, 1, seq - 1, event));
+      else if (seq === 1 && !broken && env.custodyprev !== GENESIS_HASH) {
+        findings.push(
+          finding("reordered", env, event, "first event of the stream does not chain from the genesis hash"),
+        );
+      }
+    } else if (seq > previous.seq + 1) {
+      findings.push(missing(stream, previous.seq + 1, seq - 1, event));
+    } else if (!broken && !previous.broken && !previous.hashes.has(env.custodyprev)) {
+      findings.push(finding("reordered", env, event, `custodyprev is not the hash of seq ${previous.seq}`));
+    }
+    previous = { seq, hashes, broken };
+    if (!broken) maxEpoch = Math.max(maxEpoch, env.custodyepoch);
+    accepted.push(event);
+    hashesAt.set(seq, hashes);
+  }
+
+  // Rule 4, offsets: per partition, seqs must rise with offsets.
+  const byPartition = new Map<number, Parsed[]>();
+  for (const event of accepted) {
+    const list = byPartition.get(event.partition);
+    if (list === undefined) byPartition.set(event.partition, [event]);
+    else list.push(event);
+  }
+  for (const list of byPartition.values()) {
+    list.sort((a, b) => (a.offset < b.offset ? -1 : a.offset > b.offset ? 1 : 0));
+    let highest: Parsed | null = null;
+    for (const event of list) {
+      if (highest !== null && event.env.custodyseq < highest.env.custodyseq) {
+        findings.push(finding("reordered", event.env, event, `stored after ${describe(highest)}`));
+      } else highest = event;
+    }
+  }
+
+  // Rule 5: checkpoints.
+  const last = accepted[accepted.length - 1];
+  const headSeq = last?.env.custodyseq ?? 0;
+  let beyond: Checkpoint | null = null;
+  for (const cp of checkpoints) {
+    if (cp.seq > headSeq) {
+      if (beyond === null || cp.seq > beyond.seq) beyond = cp;
+      continue;
+    }
+    const hashes = hashesAt.get(cp.seq);
+    if (cp.seq > 0 && hashes !== undefined && !hashes.has(cp.hash)) {
+      const event = occupants.get(cp.seq)!.event;
+      findings.push(
+        finding(
+          "truncated",
+          event.env,
+          event,
+          `hash differs from the checkpoint anchored at ${cp.time}: the stream was rewritten`,
+        ),
+      );
+    }
+  }
+  if (beyond !== null) {
+    findings.push({
+      kind: "truncated",
+      severity: SEVERITY.truncated,
+      stream,
+      seq: beyond.seq,
+      id: null,
+      partition: null,
+      offset: null,
+      message: `stream ends at seq ${headSeq} before seq ${beyond.seq} of the checkpoint anchored at ${beyond.time}`,
+    });
+  }
+
+  const sorted = sortFindings(findings);
+  return {
+    stream,
+    ok: sorted.every((f) => f.severity !== "error"),
+    events: accepted.length,
+    first: accepted[0]?.env.custodyseq ?? null,
+    head: last === undefined ? null : { seq: last.env.custodyseq, hash: last.env.custodyhash },
+    epoch: maxEpoch < 0 ? null : maxEpoch,
+    findings: sorted,
+  };
+}
+
+// Rules 1 and 2 for one record: null when it cannot be read as an event at all.
+function parse(record: Located, keys: KeyRing, findings: Finding[]): Parsed | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(record.text);
+  } catch {
+    findings.push(finding("malformed", null, record, "record is not JSON"));
+    return null;
+  }
+  const envelope = envelopeSchema.safeParse(value);
+  if (!envelope.success) {
+    const issue = envelope.error.issues[0]!;
+    findings.push(
+      finding(
+        "malformed",
+        partialEnvelope(value),
+        record,
+        `${issue.path.join(".") || "record"}: ${issue.message}`,
+      ),
+    );
+    return null;
+  }
+  const env = envelope.data;
+  let forms: ReturnType<typeof canonicalForms>;
+  try {
+    forms = canonicalForms(value as Record<string, unknown>);
+  } catch (err) {
+    const why = err instanceof ValidationError ? err.message : String(err);
+    findings.push(finding("malformed", env, record, `record cannot be canonicalized: ${why}`));
+    return null;
+  }
+  const parsed = (broken: Parsed["broken"]): Parsed => ({ ...record, env, broken });
+  if (forms.record !== record.text) {
+    findings.push(finding("altered", env, record, "record is not in canonical form"));
+    return parsed("altered");
+  }
+  if (sha256Hex(forms.hashInput) !== env.custodyhash) {
+    findings.push(finding("altered", env, record, "content does not match custodyhash"));
+    return parsed("altered");
+  }
+  const key = keys.get(env.custodykid);
+  if (key === undefined) {
+    findings.push(finding("unknown-key", env, record, `no public key with kid ${env.custodykid}`));
+    return parsed("unknown-key");
+  }
+  const signature = decodeBase64url(env.custodysig);
+  if (signature === null || !verifyEs256(key, ENCODER.encode(forms.signatureInput), signature)) {
+    findings.push(
+      finding("bad-signature", env, record, `signature does not verify with key ${env.custodykid}`),
+    );
+    return parsed("bad-signature");
+  }
+  return parsed(null);
+}
+
+function* locate(records: readonly StreamRecord[]): Generator<Located> {
+  const located = records.map((r, i): Located & { bytes: Uint8Array | string } => {
+    if (!Number.isSafeInteger(r.partition) || r.partition < 0) {
+      throw new ValidationError(
+        `records[${i}].partition`,
+        "integer",
+        `records[${i}].partition: must be a non-negative integer (rule integer)`,
+      );
+    }
+    let offset: bigint;
+    try {
+      offset = BigInt(r.offset);
+    } catch {
+      throw new ValidationError(
+        `records[${i}].offset`,
+        "integer",
+        `records[${i}].offset: must be an integer (rule integer)`,
+      );
+    }
+    return { partition: r.partition, offset, text: "", bytes: r.value };
+  });
+  located.sort(
+    (a, b) => a.partition - b.partition || (a.offset < b.offset ? -1 : a.offset > b.offset ? 1 : 0),
+  );
+  for (const r of located) {
+    let text: string;
+    if (typeof r.bytes === "string") text = r.bytes;
+    else {
+      try {
+        text = UTF8.decode(r.bytes);
+      } catch {
+        // Not UTF-8: keyed by a lone surrogate, which no decoded record can contain, so
+        // it cannot collide with a readable record yet its copies still group as copies.
+        text = `\ud800${Buffer.from(r.bytes).toString("hex")}`;
+      }
+    }
+    yield { partition: r.partition, offset: r.offset, text };
+  }
+}
+
+function readCheckpoints(
+  values: readonly unknown[],
+  keys: KeyRing,
+  findings: Finding[],
+): Map<string, Checkpoint[]> {
+  const byStream = new Map<string, Checkpoint[]>();
+  for (const value of values) {
+    const verdict = verifyCheckpoint(value, keys);
+    if (verdict.ok) {
+      const list = byStream.get(verdict.checkpoint.stream);
+      if (list === undefined) byStream.set(verdict.checkpoint.stream, [verdict.checkpoint]);
+      else list.push(verdict.checkpoint);
+      continue;
+    }
+    const v = (typeof value === "object" && value !== null ? value : {}) as Record<string, unknown>;
+    const stream = typeof v.stream === "string" ? v.stream : null;
+    const seq = Number.isSafeInteger(v.seq) ? (v.seq as number) : null;
+    findings.push({
+      kind: verdict.kind,
+      severity: SEVERITY[verdict.kind],
+      stream,
+      seq,
+      id: null,
+      partition: null,
+      offset: null,
+      message: `checkpoint: ${verdict.message}`,
+    });
+    // A checkpoint that does not verify anchors nothing, but its stream is still reported.
+    if (stream !== null && !byStream.has(stream)) byStream.set(stream, []);
+  }
+  return byStream;
+}
+
+function finding(
+  kind: FindingKind,
+  env: Pick<Envelope, "custodystream" | "custodyseq" | "id"> | PartialEnvelope | null,
+  at: Located,
+  message: string,
+): Finding {
+  return {
+    kind,
+    severity: SEVERITY[kind],
+    stream: env?.custodystream ?? null,
+    seq: env?.custodyseq ?? null,
+    id: env?.id ?? null,
+    partition: at.partition,
+    offset: at.offset.toString(),
+    message,
+  };
+}
+
+function missing(stream: string, from: number, to: number, next: Parsed): Finding {
+  const range = from === to ? `seq ${from} is` : `seqs ${from}..${to} are`;
+  return {
+    kind: "missing",
+    severity: SEVERITY.missing,
+    stream,
+    seq: from,
+    id: null,
+    partition: null,
+    offset: null,
+    message: `${range} missing before ${describe(next)}`,
+  };
+}
+
+interface PartialEnvelope {
+  readonly custodystream: string | null;
+  readonly custodyseq: number | null;
+  readonly id: string | null;
+}
+
+// What a malformed record still says about itself, so the finding can name its stream.
+function partialEnvelope(value: unknown): PartialEnvelope | null {
+  if (typeof value !== "object" || value === null) return null;
+  const v = value as Record<string, unknown>;
+  if (typeof v.custodystream !== "string") return null;
+  return {
+    custodystream: v.custodystream,
+    custodyseq: Number.isSafeInteger(v.custodyseq) ? (v.custodyseq as number) : null,
+    id: typeof v.id === "string" ? v.id : null,
+  };
+}
+
+function describe(event: Parsed): string {
+  return `seq ${event.env.custodyseq} (id ${event.env.id}, partition ${event.partition} offset ${event.offset})`;
+}
+
+const KIND_ORDER = new Map(FINDING_KINDS.map((k, i) => [k, i]));
+
+function sortFindings(findings: readonly Finding[]): Finding[] {
+  const big = (o: string | null) => (o === null ? -1n : BigInt(o));
+  return [...findings].sort(
+    (a, b) =>
+      (a.seq ?? Number.MAX_SAFE_INTEGER) - (b.seq ?? Number.MAX_SAFE_INTEGER) ||
+      KIND_ORDER.get(a.kind)! - KIND_ORDER.get(b.kind)! ||
+      (a.partition ?? -1) - (b.partition ?? -1) ||
+      Number(big(a.offset) - big(b.offset)) ||
+      (a.message < b.message ? -1 : a.message > b.message ? 1 : 0),
+  );
+}

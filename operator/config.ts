@@ -1,0 +1,82 @@
+// Operator settings from the environment (the chart sets them; `make run`
+// uses the defaults). Bad values fail at start with the variable named.
+import { z } from "zod";
+import { DEFAULT_TTL, parseTtl } from "../core/duration.ts";
+import { DEFAULT_TRUST_DOMAIN, validateTrustDomain } from "../core/spiffe.ts";
+
+const listenAddress = z
+  .string()
+  .regex(/^[^:\s]+:\d{1,5}$/, "must be host:port, e.g. 127.0.0.1:8081 (port 0 picks a free one)");
+
+const schema = z.object({
+  CUSTODY_TRUST_DOMAIN: z.string().default(DEFAULT_TRUST_DOMAIN),
+  CUSTODY_NAMESPACE: z
+    .string()
+    .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, "must be a DNS label")
+    .max(63)
+    .default("custody-system"),
+  CUSTODY_CA_SECRET: z.string().min(1).max(253).default("custody-ca"),
+  CUSTODY_DEFAULT_TTL: z.string().default(DEFAULT_TTL),
+  CUSTODY_WORKERS: z.coerce.number().int().min(1).max(512).default(64),
+  CUSTODY_HEALTH_ADDR: listenAddress.default("127.0.0.1:8081"),
+  CUSTODY_KAFKA_BROKERS: z.string().min(1, "is required: host:port[,host:port]"),
+  CUSTODY_KAFKA_TOPIC: z
+    .string()
+    .regex(/^[a-zA-Z0-9._-]{1,249}$/, "must be a valid Kafka topic name")
+    .default("custody.provenance"),
+  CUSTODY_KAFKA_PARTITIONS: z.coerce.number().int().min(1).max(1000).default(6),
+  CUSTODY_KAFKA_REPLICATION: z.coerce.number().int().min(1).max(7).default(1),
+  CUSTODY_LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
+  CUSTODY_RENEW_JITTER: z.coerce.number().min(0).max(0.2).default(0.05),
+  CUSTODY_IDENTITY: z.string().min(1).max(253).optional(),
+});
+
+export interface OperatorConfig {
+  trustDomain: string;
+  namespace: string;
+  caSecretName: string;
+  defaultTtl: string;
+  workers: number;
+  healthAddr: { host: string; port: number };
+  kafka: { brokers: string[]; topic: string; partitions: number; replicationFactor: number };
+  logLevel: "debug" | "info" | "warn" | "error";
+  renewJitter: number;
+  /** This replica's name (pod name in the chart, hostname-pid locally). */
+  identity: string | undefined;
+}
+
+export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig {
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`);
+    throw new Error(`invalid operator configuration:\n  ${lines.join("\n  ")}`);
+  }
+  const c = parsed.data;
+  validateTrustDomain(c.CUSTODY_TRUST_DOMAIN, "CUSTODY_TRUST_DOMAIN");
+  parseTtl(c.CUSTODY_DEFAULT_TTL, "CUSTODY_DEFAULT_TTL");
+  const [host, port] = splitHostPort(c.CUSTODY_HEALTH_ADDR);
+  return {
+    trustDomain: c.CUSTODY_TRUST_DOMAIN,
+    namespace: c.CUSTODY_NAMESPACE,
+    caSecretName: c.CUSTODY_CA_SECRET,
+    defaultTtl: c.CUSTODY_DEFAULT_TTL,
+    workers: c.CUSTODY_WORKERS,
+    healthAddr: { host, port },
+    kafka: {
+      brokers: c.CUSTODY_KAFKA_BROKERS.split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+      topic: c.CUSTODY_KAFKA_TOPIC,
+      partitions: c.CUSTODY_KAFKA_PARTITIONS,
+      replicationFactor: c.CUSTODY_KAFKA_REPLICATION,
+    },
+    logLevel: c.CUSTODY_LOG_LEVEL,
+    renewJitter: c.CUSTODY_RENEW_JITTER,
+    identity: c.CUSTODY_IDENTITY,
+  };
+}
+
+function splitHostPort(addr: string): [string, number] {
+  const i = addr.lastIndexOf(":");
+  return [addr.slice(0, i), Number(addr.slice(i + 1))];
+}

@@ -1,0 +1,254 @@
+// The Custody operator: wiring only. Composes the pure core with the
+// Kubernetes and Kafka shells; holds no business rule of its own.
+
+import { createPublicKey } from "node:crypto";
+import { hostname } from "node:os";
+import { type AgentTask, API_VERSION, GROUP, PLURAL, VERSION } from "../core/api/v1alpha1.ts";
+import { spiffeBundleJson } from "../core/delegation.ts";
+import { kubeListWatch, loadKubeConfig } from "../shells/kube/client.ts";
+import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
+import { KubeRest } from "../shells/kube/rest.ts";
+import { createLogger } from "../shells/log.ts";
+import { WorkQueue } from "../shells/workqueue.ts";
+import { loadOrCreateCa } from "./ca-store.ts";
+import { loadOperatorConfig } from "./config.ts";
+import { boundPort, serveHealth } from "./health.ts";
+import { TaskEventRecorder } from "./kube-events.ts";
+import { createKafkaRecorder, loadOrCreateSigningKey } from "./provenance.ts";
+import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERIAL_ANNOTATION, TASK_LABEL } from "./resources.ts";
+import { CredentialIndex, createTaskReconciler } from "./task-reconciler.ts";
+import { CONTENT_HASH_ANNOTATION, TrustBundlePublisher } from "./trust-bundle.ts";
+
+interface SecretMeta {
+  metadata: {
+    name: string;
+    namespace: string;
+    resourceVersion?: string;
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+  };
+}
+
+async function main(): Promise<void> {
+  const config = loadOperatorConfig();
+  const identity = config.identity ?? `${hostname()}-${process.pid}`;
+  const log = createLogger({ name: "operator", level: config.logLevel });
+  const kc = loadKubeConfig();
+  const rest = new KubeRest(kc);
+  log.info("starting", { identity, trustDomain: config.trustDomain, namespace: config.namespace });
+
+  const ca = await loadOrCreateCa({
+    rest,
+    namespace: config.namespace,
+    secretName: config.caSecretName,
+    trustDomain: config.trustDomain,
+    log,
+  });
+  const signingKey = await loadOrCreateSigningKey(rest, config.namespace, log);
+  const recorder = await createKafkaRecorder({
+    brokers: config.kafka.brokers,
+    topic: config.kafka.topic,
+    partitions: config.kafka.partitions,
+    replicationFactor: config.kafka.replicationFactor,
+    writer: identity,
+    epoch: 0,
+    signingKey,
+    log: log.child("provenance"),
+  });
+
+  const bundles = new TrustBundlePublisher(rest, log.child("trust-bundle"), {
+    "ca.crt": ca.bundlePem,
+    "bundle.spiffe": spiffeBundleJson(
+      ca.bundleDer.map((der) => ({
+        der,
+        publicKey: createPublicKey({ key: Buffer.from(der), format: "der", type: "spki" }),
+      })),
+      1,
+      300,
+    ),
+  });
+
+  // Only what reconciling needs is cached: 10,000 tasks must fit in ~150 MB.
+  const tasks = new Informer<AgentTask>({
+    name: "agenttasks",
+    listWatch: kubeListWatch(kc, { group: GROUP, version: VERSION, plural: PLURAL }),
+    transform: slimTask,
+    logger: log.child("informer"),
+  });
+  const secrets = new Informer<SecretMeta>({
+    name: "credential-secrets",
+    listWatch: kubeListWatch(kc, { group: "", version: "v1", plural: "secrets" }),
+    labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY},${TASK_LABEL}`,
+    transform: (s) => ({
+      metadata: {
+        name: s.metadata.name,
+        namespace: s.metadata.namespace,
+        ...(s.metadata.resourceVersion ? { resourceVersion: s.metadata.resourceVersion } : {}),
+        labels: s.metadata.labels ?? {},
+        annotations: { [SERIAL_ANNOTATION]: s.metadata.annotations?.[SERIAL_ANNOTATION] ?? "" },
+      },
+    }),
+    logger: log.child("informer"),
+  });
+  const bundleMaps = new Informer<SecretMeta>({
+    name: "trust-bundles",
+    listWatch: kubeListWatch(kc, { group: "", version: "v1", plural: "configmaps" }),
+    labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY},${COMPONENT_LABEL}=trust-bundle`,
+    transform: (c) => ({
+      metadata: {
+        name: c.metadata.name,
+        namespace: c.metadata.namespace,
+        annotations: { [CONTENT_HASH_ANNOTATION]: c.metadata.annotations?.[CONTENT_HASH_ANNOTATION] ?? "" },
+      },
+    }),
+    logger: log.child("informer"),
+  });
+
+  const credentials = new CredentialIndex();
+  const events = new TaskEventRecorder(rest, log.child("events"), identity);
+  const reconcile = createTaskReconciler({
+    rest,
+    tasks,
+    credentials,
+    ca: () => ca,
+    recorder,
+    events,
+    bundles,
+    trustDomain: config.trustDomain,
+    renewJitter: config.renewJitter,
+    log: log.child("reconciler"),
+  });
+  const queue = new WorkQueue({
+    name: "agenttasks",
+    handler: async (key) => {
+      try {
+        return await reconcile(key);
+      } catch (err) {
+        log.warn("reconcile failed; retrying with backoff", { object: key, error: errorText(err) });
+        throw err;
+      }
+    },
+    concurrency: config.workers,
+    logger: log.child("queue"),
+  });
+
+  const taskKeyOfSecret = (s: SecretMeta) => {
+    const task = s.metadata.labels?.[TASK_LABEL];
+    return task ? `${s.metadata.namespace}/${task}` : undefined;
+  };
+  const observeSecret = (s: SecretMeta) => {
+    const key = taskKeyOfSecret(s);
+    if (!key) return;
+    const serial = s.metadata.annotations?.[SERIAL_ANNOTATION];
+    credentials.set(key, serial || undefined);
+    return key;
+  };
+  secrets.onAdd((s) => {
+    observeSecret(s);
+  });
+  secrets.onUpdate((_old, s) => {
+    const key = observeSecret(s);
+    if (key && tasks.hasSynced()) queue.add(key);
+  });
+  secrets.onDelete((s: SecretMeta, _info: DeleteInfo) => {
+    const key = taskKeyOfSecret(s);
+    if (!key) return;
+    credentials.set(key, undefined);
+    if (tasks.hasSynced()) queue.add(key);
+  });
+  const ensureBundle = (ns: string) =>
+    bundles
+      .ensure(ns)
+      .catch((err: unknown) =>
+        log.warn("trust bundle not published", { namespace: ns, error: errorText(err) }),
+      );
+  bundleMaps.onUpdate((_o, c) => {
+    bundles.observed(c.metadata.namespace, c.metadata.annotations?.[CONTENT_HASH_ANNOTATION]);
+    if (tasks.list(c.metadata.namespace).length > 0) void ensureBundle(c.metadata.namespace);
+  });
+  bundleMaps.onDelete((c) => {
+    bundles.observed(c.metadata.namespace, undefined);
+    if (tasks.list(c.metadata.namespace).length > 0) void ensureBundle(c.metadata.namespace);
+  });
+  bundleMaps.onAdd((c) =>
+    bundles.observed(c.metadata.namespace, c.metadata.annotations?.[CONTENT_HASH_ANNOTATION]),
+  );
+
+  const health = await serveHealth(config.healthAddr.host, config.healthAddr.port, {
+    ready: {
+      "ca-loaded": () => ca !== undefined,
+      "tasks-synced": () => tasks.hasSynced(),
+      "secrets-synced": () => secrets.hasSynced(),
+    },
+    live: { "queue-running": () => !queue.isShuttingDown() },
+  });
+  log.info("health endpoints listening", { addr: `${config.healthAddr.host}:${boundPort(health)}` });
+
+  // Credentials first, so that the first pass over the tasks knows which
+  // Secrets exist and does not re-issue what is already issued.
+  secrets.start();
+  bundleMaps.start();
+  await Promise.all([secrets.waitForSync(), bundleMaps.waitForSync()]);
+  tasks.onAdd((t) => queue.add(objectKey(t)));
+  tasks.onUpdate((_o, t) => queue.add(objectKey(t)));
+  tasks.onDelete((t) => queue.add(objectKey(t)));
+  tasks.start();
+  await tasks.waitForSync();
+  log.info("caches synced; reconciling", {
+    tasks: tasks.size,
+    credentials: credentials.size,
+    apiVersion: API_VERSION,
+  });
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info("stopping", { signal });
+    await queue.shutdown();
+    await Promise.all([tasks.stop(), secrets.stop(), bundleMaps.stop()]);
+    await recorder.close();
+    health.close();
+    rest.close();
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+/** Keeps what reconciling reads; drops annotations like last-applied-configuration. */
+function slimTask(t: AgentTask): AgentTask {
+  const m = t.metadata as AgentTask["metadata"] & { deletionTimestamp?: string; finalizers?: string[] };
+  const annotations: Record<string, string> = {};
+  for (const [k, v] of Object.entries(m.annotations ?? {}))
+    if (k.startsWith("custody.dev/")) annotations[k] = v;
+  return {
+    apiVersion: t.apiVersion,
+    kind: t.kind,
+    metadata: {
+      name: m.name,
+      ...(m.namespace ? { namespace: m.namespace } : {}),
+      ...(m.uid ? { uid: m.uid } : {}),
+      ...(m.generation !== undefined ? { generation: m.generation } : {}),
+      ...(m.resourceVersion ? { resourceVersion: m.resourceVersion } : {}),
+      ...(m.creationTimestamp ? { creationTimestamp: m.creationTimestamp } : {}),
+      ...(m.deletionTimestamp ? { deletionTimestamp: m.deletionTimestamp } : {}),
+      ...(m.finalizers ? { finalizers: m.finalizers } : {}),
+      ...(m.labels ? { labels: m.labels } : {}),
+      ...(Object.keys(annotations).length > 0 ? { annotations } : {}),
+    } as AgentTask["metadata"],
+    spec: t.spec,
+    ...(t.status ? { status: t.status } : {}),
+  };
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(
+    `${JSON.stringify({ time: new Date().toISOString(), level: "error", logger: "operator", msg: "fatal", error: errorText(err) })}\n`,
+  );
+  process.exit(1);
+});

@@ -1,0 +1,155 @@
+// The operator's provenance recorder: appends lifecycle events to this
+// writer's hash-chained, signed stream and resolves only when Kafka has
+// acknowledged the record (acks=all, idempotent producer). Issuance awaits it,
+// so no credential is written before its `issued` event is durable.
+import { createPrivateKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
+import { Kafka, logLevel } from "kafkajs";
+import { createStreamWriter, type StreamWriter } from "../core/provenance/chain.ts";
+import type { EventData, EventType } from "../core/provenance/events.ts";
+import { createEs256Signer, jwkThumbprint } from "../core/provenance/sign.ts";
+import { BatchingProducer } from "../shells/kafka/batching-producer.ts";
+import { isAlreadyExists, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
+import type { Logger } from "../shells/log.ts";
+import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, secretPath } from "./resources.ts";
+
+export interface ProvenanceRecorder {
+  /** Appends one event; resolves once Kafka acknowledged it. */
+  record<T extends EventType>(type: T, subject: string, data: EventData<T>, rootUid: string): Promise<void>;
+  /** True while the last send succeeded (for the Issuing condition's message and readiness). */
+  readonly healthy: boolean;
+  readonly backlog: number;
+  close(): Promise<void>;
+}
+
+export interface KafkaRecorderOptions {
+  brokers: string[];
+  topic: string;
+  partitions: number;
+  replicationFactor: number;
+  /** Names this writer's stream; one writer per stream. */
+  writer: string;
+  epoch: number;
+  signingKey: KeyObject;
+  log: Logger;
+}
+
+export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<ProvenanceRecorder> {
+  const kafka = new Kafka({
+    clientId: `custody-operator-${opts.writer}`,
+    brokers: opts.brokers,
+    logLevel: logLevel.NOTHING,
+    retry: { retries: 5, initialRetryTime: 100, maxRetryTime: 2000 },
+  });
+  await ensureTopic(kafka, opts);
+  const stream = `operator/${opts.writer}`;
+  const signer = createEs256Signer(opts.signingKey);
+  const writer: StreamWriter = createStreamWriter({ stream, epoch: opts.epoch, signer });
+  const source = `custody.dev/operator/${opts.writer}`;
+  let lastError = "";
+  const producer = new BatchingProducer(kafka, {
+    topic: opts.topic,
+    onSendError: (err, attempt) => {
+      const msg = err instanceof Error ? err.message : String(err);
+      if (msg !== lastError || attempt % 20 === 1)
+        opts.log.warn("provenance send failed; retrying", { attempt, error: msg });
+      lastError = msg;
+    },
+  });
+  return {
+    record(type, subject, data, rootUid) {
+      // Appending is synchronous, so events enter the stream (and the
+      // producer's queue) in one order: the chain order is the send order.
+      const { bytes } = writer.append({
+        id: randomUUID(),
+        source,
+        type,
+        subject,
+        time: new Date().toISOString(),
+        data,
+      } as never);
+      return producer.send({
+        key: rootUid,
+        value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+        headers: { "content-type": "application/cloudevents+json" },
+      });
+    },
+    get healthy() {
+      return !producer.failing;
+    },
+    get backlog() {
+      return producer.backlog;
+    },
+    close: () => producer.stop(),
+  };
+}
+
+async function ensureTopic(kafka: Kafka, opts: KafkaRecorderOptions): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const topics = await admin.listTopics();
+    if (!topics.includes(opts.topic)) {
+      await admin.createTopics({
+        waitForLeaders: true,
+        topics: [
+          {
+            topic: opts.topic,
+            numPartitions: opts.partitions,
+            replicationFactor: opts.replicationFactor,
+            // Provenance is evidence: keep it (size- or time-bounded retention
+            // is an operator decision documented in docs/operations.md).
+            configEntries: [
+              { name: "retention.ms", value: "-1" },
+              { name: "cleanup.policy", value: "delete" },
+              { name: "min.insync.replicas", value: String(Math.min(2, opts.replicationFactor)) },
+            ],
+          },
+        ],
+      });
+      opts.log.info("provenance topic created", { topic: opts.topic, partitions: opts.partitions });
+    }
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+const PROVENANCE_KEY_SECRET = "custody-provenance-signing-key";
+
+/** Loads the provenance signing key from its Secret, or creates one on first start. */
+export async function loadOrCreateSigningKey(
+  rest: KubeRest,
+  namespace: string,
+  log: Logger,
+): Promise<KeyObject> {
+  const path = secretPath(namespace, PROVENANCE_KEY_SECRET);
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const s = await rest.get<{ data?: Record<string, string> }>(path);
+      const pem = s.data?.["key.pem"];
+      if (!pem) throw new Error(`Secret ${namespace}/${PROVENANCE_KEY_SECRET}: missing key.pem`);
+      return createPrivateKey(Buffer.from(pem, "base64").toString("utf8"));
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const pem = privateKey.export({ format: "pem", type: "pkcs8" }).toString();
+    try {
+      await rest.post(secretPath(namespace), {
+        apiVersion: "v1",
+        kind: "Secret",
+        metadata: {
+          name: PROVENANCE_KEY_SECRET,
+          namespace,
+          labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "provenance-key" },
+          annotations: { "custody.dev/key-id": jwkThumbprint(publicKey) },
+        },
+        data: { "key.pem": Buffer.from(pem).toString("base64") },
+      });
+      log.info("provenance signing key generated", { kid: jwkThumbprint(publicKey) });
+      return privateKey;
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+    }
+  }
+  throw new Error(`Secret ${namespace}/${PROVENANCE_KEY_SECRET}: could not load or create`);
+}

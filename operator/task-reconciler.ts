@@ -1,0 +1,567 @@
+// The AgentTask reconciler. One key at a time (the work queue guarantees it),
+// idempotent, acting on current state rather than on events:
+//
+//   decide (pure, core/lifecycle.ts) → one of:
+//     issue   → ensure finalizer → mint in memory → record `issued`/`renewed`
+//               and await Kafka's ack → write the Secret → write status
+//     deny / expire / revoke → delete the credential, record, write status
+//     wait    → requeue at the renewal time or deadline
+//
+// Nothing reaches a Secret before its provenance record is acknowledged.
+import { randomBytes, randomInt } from "node:crypto";
+import type { AgentTask, AgentTaskStatus, StatusDelegator } from "../core/api/v1alpha1.ts";
+import { delegationInfo, rootChain } from "../core/delegation.ts";
+import { type Decision, decide, sameStatus, setCondition, validityWindow } from "../core/lifecycle.ts";
+import type { DelegationContext } from "../core/provenance/events.ts";
+import { buildTaskSpiffeId } from "../core/spiffe.ts";
+import {
+  type CertificateAuthority,
+  generateLeafKeyPair,
+  type MintedSvid,
+  mintSvid,
+  serialFromRandom,
+} from "../core/x509/index.ts";
+import type { Informer } from "../shells/kube/informer.ts";
+import { isAlreadyExists, isConflict, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
+import type { Logger } from "../shells/log.ts";
+import type { HandlerResult } from "../shells/workqueue.ts";
+import type { TaskEventRecorder } from "./kube-events.ts";
+import type { ProvenanceRecorder } from "./provenance.ts";
+import {
+  credentialSecretName,
+  FINALIZER,
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  SERIAL_ANNOTATION,
+  SPIFFE_ID_ANNOTATION,
+  secretPath,
+  TASK_LABEL,
+  taskPath,
+  taskStatusPath,
+} from "./resources.ts";
+import type { TrustBundlePublisher } from "./trust-bundle.ts";
+
+export interface ReconcilerMetrics {
+  issued(kind: "issued" | "renewed", createToReadyMs: number | undefined): void;
+  transition(kind: "denied" | "expired" | "revoked" | "failed", reason: string): void;
+}
+
+export interface TaskReconcilerDeps {
+  rest: KubeRest;
+  tasks: Informer<AgentTask>;
+  /** The serial of each task's credential Secret as last observed or written. */
+  credentials: CredentialIndex;
+  ca: () => CertificateAuthority;
+  recorder: ProvenanceRecorder;
+  events: TaskEventRecorder;
+  bundles: TrustBundlePublisher;
+  trustDomain: string;
+  renewJitter: number;
+  log: Logger;
+  metrics?: ReconcilerMetrics;
+  now?: () => number;
+}
+
+/**
+ * Serial per task key, fed by our own writes and by the Secret watch. Our
+ * writes are recorded at once so that a reconcile that runs before the watch
+ * delivers them does not mint twice.
+ */
+export class CredentialIndex {
+  readonly #serials = new Map<string, string>();
+  get(key: string): string | undefined {
+    return this.#serials.get(key);
+  }
+  set(key: string, serial: string | undefined): void {
+    if (serial === undefined) this.#serials.delete(key);
+    else this.#serials.set(key, serial);
+  }
+  get size(): number {
+    return this.#serials.size;
+  }
+}
+
+/**
+ * Status writes change the task's resourceVersion; until the informer has
+ * seen our write, its cached copy is stale. We remember what we wrote and
+ * reconcile from that instead of from the stale copy.
+ */
+class WrittenState {
+  readonly #byKey = new Map<string, { rv: string; task: AgentTask }>();
+  remember(key: string, task: AgentTask): void {
+    const rv = task.metadata.resourceVersion;
+    if (rv) this.#byKey.set(key, { rv, task });
+  }
+  /** The freshest copy: ours if the cache has not caught up with it yet. */
+  freshest(key: string, cached: AgentTask): AgentTask {
+    const mine = this.#byKey.get(key);
+    if (!mine) return cached;
+    if (cached.metadata.resourceVersion === mine.rv || newerRv(cached.metadata.resourceVersion, mine.rv)) {
+      this.#byKey.delete(key);
+      return cached;
+    }
+    return mine.task;
+  }
+  forget(key: string): void {
+    this.#byKey.delete(key);
+  }
+}
+
+/** resourceVersions are opaque, but etcd's are integers; only compare those. */
+function newerRv(a: string | undefined, b: string): boolean {
+  if (!a || !/^\d+$/.test(a) || !/^\d+$/.test(b)) return false;
+  return a.length > b.length || (a.length === b.length && a > b);
+}
+
+const ISSUE_REASON_TEXT = {
+  NoCertificate: "issuing the first certificate",
+  SpecChanged: "the spec changed",
+  RenewalDue: "renewal is due",
+  CredentialMissing: "the credential Secret is missing or differs from status",
+} as const;
+
+export function createTaskReconciler(deps: TaskReconcilerDeps): (key: string) => Promise<HandlerResult> {
+  const now = deps.now ?? Date.now;
+  const written = new WrittenState();
+  const { rest, log } = deps;
+
+  return async function reconcile(key: string): Promise<HandlerResult> {
+    const cached = deps.tasks.get(key);
+    if (!cached) {
+      written.forget(key);
+      deps.credentials.set(key, undefined);
+      return;
+    }
+    let task = written.freshest(key, cached);
+    const ns = task.metadata.namespace ?? "";
+    const name = task.metadata.name;
+
+    if ((task.metadata as { deletionTimestamp?: string }).deletionTimestamp) {
+      await finalize(task, key);
+      return;
+    }
+
+    const t = now();
+    const decision: Decision = decide(task, { serial: deps.credentials.get(key) }, t);
+    switch (decision.kind) {
+      case "done":
+        return;
+      case "wait":
+        return { requeueAfterMs: Math.max(1000, decision.wakeAt - t) };
+      case "deny": {
+        await deleteCredential(task, key);
+        await writeStatus(key, task, deniedStatus(task, decision.reason, decision.message, t));
+        deps.events.emit(target(task), "Warning", decision.reason, "Deny", decision.message);
+        deps.metrics?.transition("denied", decision.reason);
+        await record("dev.custody.task.denied", task, {
+          stage: "issuance",
+          reason: decision.reason,
+          message: decision.message.slice(0, 1024),
+        });
+        return;
+      }
+      case "expire":
+      case "revoke": {
+        const serial = task.status?.certificate?.serial;
+        await deleteCredential(task, key);
+        const phase = decision.kind === "expire" ? "Expired" : "Revoked";
+        const reason = decision.kind === "expire" ? "DeadlinePassed" : "Revoked";
+        if (decision.kind === "expire") {
+          await record("dev.custody.task.expired", task, {
+            serial: serial ?? "0",
+            notAfter: task.status?.certificate?.notAfter ?? new Date(t).toISOString(),
+          });
+        } else {
+          await record("dev.custody.task.revoked", task, {
+            serials: serial ? [serial] : [],
+            reason: decision.message.slice(0, 1024),
+          });
+        }
+        await writeStatus(key, task, terminalStatus(task, phase, reason, decision.message, t));
+        deps.events.emit(
+          target(task),
+          "Normal",
+          reason,
+          phase === "Expired" ? "Expire" : "Revoke",
+          decision.message,
+        );
+        deps.metrics?.transition(decision.kind === "expire" ? "expired" : "revoked", reason);
+        return;
+      }
+      case "issue":
+        break;
+    }
+
+    // ---- issue or renew
+    if (!(task.metadata as { finalizers?: string[] }).finalizers?.includes(FINALIZER)) {
+      task = await addFinalizer(task, key);
+    }
+    await deps.bundles.ensure(ns);
+
+    const ca = deps.ca();
+    const spec = decision.spec;
+    const delegator = effectiveDelegator(task);
+    const uid = task.metadata.uid ?? "";
+    const chain = rootChain(delegator, { name, uid }, spec.scope);
+    const spiffeId = buildTaskSpiffeId({
+      trustDomain: deps.trustDomain,
+      namespace: ns,
+      agent: spec.agent.name,
+      task: name,
+    });
+    const validity = validityWindow({
+      now: t,
+      ttlMs: decision.ttlMs,
+      deadline: spec.deadline,
+      caNotAfter: ca.notAfter.getTime(),
+      jitter: deps.renewJitter,
+      jitterUnit: randomInt(0, 1_000_000) / 1_000_000,
+    });
+    const keyPair = generateLeafKeyPair();
+    const info = delegationInfo({ taskUid: uid, delegator, spec, chain, policyVersion: "none" });
+    const svid: MintedSvid = mintSvid({
+      ca,
+      spiffeId,
+      subjectPublicKey: keyPair.publicKeySpki,
+      serial: serialFromRandom(randomBytes(16)),
+      notBefore: new Date(validity.notBefore),
+      notAfter: new Date(validity.notAfter),
+      delegation: info,
+    });
+
+    // Provenance before the credential exists anywhere but in memory.
+    const previousSerial = task.status?.certificate?.serial;
+    const certificate = {
+      serial: svid.serialHex,
+      spiffeId,
+      notBefore: new Date(validity.notBefore).toISOString(),
+      notAfter: new Date(validity.notAfter).toISOString(),
+      publicKeySha256: svid.publicKeySHA256,
+    };
+    const renewing =
+      decision.why === "RenewalDue" && previousSerial !== undefined && task.status?.phase === "Issued";
+    if (renewing) {
+      await record(
+        "dev.custody.task.renewed",
+        task,
+        { certificate, previousSerial },
+        chain,
+        info.chainDigest,
+      );
+    } else {
+      await record("dev.custody.task.issued", task, { certificate }, chain, info.chainDigest);
+    }
+
+    await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId);
+
+    const nowIso = new Date(t).toISOString();
+    let conditions = setCondition(
+      task.status?.conditions,
+      {
+        type: "Ready",
+        status: "True",
+        reason: renewing ? "Renewed" : "Issued",
+        message: `certificate ${svid.serialHex} valid until ${certificate.notAfter}`,
+        observedGeneration: task.metadata.generation ?? 0,
+      },
+      nowIso,
+    );
+    conditions = setCondition(
+      conditions,
+      {
+        type: "Issuing",
+        status: "False",
+        reason: "Issued",
+        message: `issued because ${ISSUE_REASON_TEXT[decision.why]}; renewal at ${new Date(validity.renewalTime).toISOString()}`,
+        observedGeneration: task.metadata.generation ?? 0,
+      },
+      nowIso,
+    );
+    conditions = setCondition(conditions, delegatorCondition(task), nowIso);
+    const status: AgentTaskStatus = {
+      phase: "Issued",
+      spiffeID: spiffeId,
+      delegator,
+      delegationChain: chain,
+      certificate: {
+        serial: svid.serialHex,
+        notBefore: certificate.notBefore,
+        notAfter: certificate.notAfter,
+        renewalTime: new Date(validity.renewalTime).toISOString(),
+        publicKeySHA256: svid.publicKeySHA256,
+        secretName: credentialSecretName(name),
+      },
+      policyVersion: "none",
+      observedGeneration: task.metadata.generation ?? 0,
+      conditions,
+    };
+    await writeStatus(key, task, status);
+    const created = Date.parse(task.metadata.creationTimestamp ?? "");
+    deps.metrics?.issued(
+      renewing ? "renewed" : "issued",
+      renewing || Number.isNaN(created) ? undefined : now() - created,
+    );
+    deps.events.emit(
+      target(task),
+      "Normal",
+      renewing ? "Renewed" : "Issued",
+      renewing ? "Renew" : "Issue",
+      `certificate ${svid.serialHex} for ${spiffeId} valid until ${certificate.notAfter}`,
+    );
+    const wakeAt = Math.min(
+      validity.renewalTime,
+      spec.deadline ? Date.parse(spec.deadline) : Number.POSITIVE_INFINITY,
+    );
+    return { requeueAfterMs: Math.max(1000, wakeAt - now()) };
+  };
+
+  // ---------------------------------------------------------------- helpers
+
+  function contextOf(task: AgentTask, chainDigestBytes?: Uint8Array): DelegationContext {
+    const uid = task.metadata.uid ?? "unknown";
+    const digest = chainDigestBytes
+      ? Buffer.from(chainDigestBytes).toString("hex")
+      : Buffer.from(
+          delegationInfo({
+            taskUid: uid,
+            delegator: effectiveDelegator(task),
+            spec: { ...task.spec, ttl: task.spec.ttl ?? "1h" },
+            chain: rootChain(effectiveDelegator(task), { name: task.metadata.name, uid }, scopeOf(task)),
+            policyVersion: "none",
+          }).chainDigest,
+        ).toString("hex");
+    return {
+      taskUid: uid,
+      namespace: task.metadata.namespace ?? "",
+      name: task.metadata.name,
+      chainUids: [uid],
+      rootUid: uid,
+      contextDigest: digest,
+    };
+  }
+
+  async function record(
+    type: Parameters<ProvenanceRecorder["record"]>[0],
+    task: AgentTask,
+    data: Record<string, unknown>,
+    _chain?: unknown,
+    chainDigestBytes?: Uint8Array,
+  ): Promise<void> {
+    const context = contextOf(task, chainDigestBytes);
+    const subject = task.status?.spiffeID ?? `${context.namespace}/${context.name}`;
+    await deps.recorder.record(type, subject, { context, ...data } as never, context.rootUid);
+  }
+
+  async function addFinalizer(task: AgentTask, key: string): Promise<AgentTask> {
+    const finalizers = [...((task.metadata as { finalizers?: string[] }).finalizers ?? []), FINALIZER];
+    const updated = await rest.patch<AgentTask>(taskPath(task.metadata.namespace ?? "", task.metadata.name), {
+      metadata: { finalizers, resourceVersion: task.metadata.resourceVersion },
+    });
+    written.remember(key, updated);
+    return updated;
+  }
+
+  async function writeStatus(key: string, task: AgentTask, status: AgentTaskStatus): Promise<void> {
+    if (sameStatus(task.status, status)) return;
+    // Merge patch with the resourceVersion we reconciled from: optimistic
+    // concurrency. Fields we no longer want are sent as null.
+    const body: Record<string, unknown> = { ...status };
+    for (const k of Object.keys(task.status ?? {})) if (!(k in status)) body[k] = null;
+    try {
+      const updated = await rest.patch<AgentTask>(
+        taskStatusPath(task.metadata.namespace ?? "", task.metadata.name),
+        {
+          metadata: { resourceVersion: task.metadata.resourceVersion },
+          status: body,
+        },
+      );
+      written.remember(key, updated);
+    } catch (err) {
+      if (isConflict(err)) written.forget(key);
+      throw err;
+    }
+  }
+
+  async function writeCredential(
+    task: AgentTask,
+    key: string,
+    svid: MintedSvid,
+    privateKeyPem: string,
+    ca: CertificateAuthority,
+    spiffeId: string,
+  ): Promise<void> {
+    const ns = task.metadata.namespace ?? "";
+    const secretName = credentialSecretName(task.metadata.name);
+    const body = {
+      apiVersion: "v1",
+      kind: "Secret",
+      type: "kubernetes.io/tls",
+      metadata: {
+        name: secretName,
+        namespace: ns,
+        labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [TASK_LABEL]: task.metadata.name },
+        annotations: { [SERIAL_ANNOTATION]: svid.serialHex, [SPIFFE_ID_ANNOTATION]: spiffeId },
+        ownerReferences: [
+          {
+            apiVersion: task.apiVersion,
+            kind: task.kind,
+            name: task.metadata.name,
+            uid: task.metadata.uid,
+            controller: true,
+          },
+        ],
+      },
+      // One write replaces every key at once, so a reader (or the kubelet's
+      // atomic volume update) never sees a certificate with another's key.
+      data: {
+        "tls.crt": Buffer.from(svid.chainPem).toString("base64"),
+        "tls.key": Buffer.from(privateKeyPem).toString("base64"),
+        "ca.crt": Buffer.from(ca.bundlePem).toString("base64"),
+        "spiffe-id": Buffer.from(spiffeId).toString("base64"),
+      },
+    };
+    const existing = deps.credentials.get(key);
+    if (existing === undefined) {
+      try {
+        await rest.post(secretPath(ns), body);
+      } catch (err) {
+        if (!isAlreadyExists(err)) throw err;
+        await rest.put(secretPath(ns, secretName), body);
+      }
+    } else {
+      try {
+        await rest.put(secretPath(ns, secretName), body);
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+        await rest.post(secretPath(ns), body);
+      }
+    }
+    deps.credentials.set(key, svid.serialHex);
+  }
+
+  async function deleteCredential(task: AgentTask, key: string): Promise<void> {
+    const ns = task.metadata.namespace ?? "";
+    try {
+      await rest.delete(secretPath(ns, credentialSecretName(task.metadata.name)));
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    deps.credentials.set(key, undefined);
+  }
+
+  async function finalize(task: AgentTask, key: string): Promise<void> {
+    const finalizers = (task.metadata as { finalizers?: string[] }).finalizers ?? [];
+    if (!finalizers.includes(FINALIZER)) return;
+    const serial = task.status?.certificate?.serial;
+    await deleteCredential(task, key);
+    if (serial && task.status?.phase === "Issued") {
+      await record("dev.custody.task.revoked", task, {
+        serials: [serial],
+        reason: "the AgentTask was deleted",
+      });
+    }
+    await record("dev.custody.task.deleted", task, {});
+    try {
+      await rest.patch(taskPath(task.metadata.namespace ?? "", task.metadata.name), {
+        metadata: {
+          finalizers: finalizers.filter((f) => f !== FINALIZER),
+          resourceVersion: task.metadata.resourceVersion,
+        },
+      });
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    written.forget(key);
+    log.info("task finalized", { object: key, serial });
+  }
+}
+
+// ---------------------------------------------------------------- status builders
+
+function scopeOf(task: AgentTask): string[] {
+  return Array.isArray(task.spec?.scope) ? task.spec.scope.filter((s) => typeof s === "string") : [];
+}
+
+function target(task: AgentTask) {
+  return {
+    namespace: task.metadata.namespace ?? "",
+    name: task.metadata.name,
+    uid: task.metadata.uid,
+    resourceVersion: task.metadata.resourceVersion,
+  };
+}
+
+/**
+ * The delegator bound into the credential. Until admission proves it (the
+ * admission issue), this is the declared spec.delegator, and the
+ * DelegatorProven condition says so.
+ */
+function effectiveDelegator(task: AgentTask): StatusDelegator {
+  const d = task.spec?.delegator;
+  if (d)
+    return { kind: d.kind, name: d.namespace ? `system:serviceaccount:${d.namespace}:${d.name}` : d.name };
+  return { kind: "User", name: "unknown" };
+}
+
+function delegatorCondition(task: AgentTask) {
+  return {
+    type: "DelegatorProven",
+    status: "False" as const,
+    reason: task.spec?.delegator ? "Declared" : "RequesterUnknown",
+    message:
+      "no admission record proves the delegator: the delegator is as declared in spec.delegator " +
+      "(admission-time proof is not enabled in this build)",
+    observedGeneration: task.metadata.generation ?? 0,
+  };
+}
+
+function deniedStatus(task: AgentTask, reason: string, message: string, t: number): AgentTaskStatus {
+  const nowIso = new Date(t).toISOString();
+  const generation = task.metadata.generation ?? 0;
+  let conditions = setCondition(
+    task.status?.conditions,
+    { type: "Ready", status: "False", reason, message, observedGeneration: generation },
+    nowIso,
+  );
+  conditions = setCondition(
+    conditions,
+    {
+      type: "Issuing",
+      status: "False",
+      reason,
+      message: "no certificate is issued for a denied task",
+      observedGeneration: generation,
+    },
+    nowIso,
+  );
+  return { phase: "Denied", observedGeneration: generation, conditions };
+}
+
+function terminalStatus(
+  task: AgentTask,
+  phase: "Expired" | "Revoked",
+  reason: string,
+  message: string,
+  t: number,
+): AgentTaskStatus {
+  const nowIso = new Date(t).toISOString();
+  const generation = task.metadata.generation ?? 0;
+  let conditions = setCondition(
+    task.status?.conditions,
+    { type: "Ready", status: "False", reason, message, observedGeneration: generation },
+    nowIso,
+  );
+  conditions = setCondition(
+    conditions,
+    {
+      type: "Issuing",
+      status: "False",
+      reason,
+      message: `${phase.toLowerCase()}: no further certificates`,
+      observedGeneration: generation,
+    },
+    nowIso,
+  );
+  const { certificate: _certificate, ...rest } = task.status ?? {};
+  return { ...rest, phase, observedGeneration: generation, conditions };
+}

@@ -1,0 +1,99 @@
+// Publishes the trust bundle (PEM and SPIFFE bundle JSON) in a ConfigMap of
+// one fixed name in every namespace that holds AgentTasks: pods can mount only
+// ConfigMaps of their own namespace. Writes happen once per namespace and
+// whenever the content changes or the ConfigMap is deleted or edited.
+import { createHash } from "node:crypto";
+import { isAlreadyExists, type KubeRest } from "../shells/kube/rest.ts";
+import type { Logger } from "../shells/log.ts";
+import {
+  COMPONENT_LABEL,
+  configMapPath,
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  TRUST_BUNDLE_CONFIGMAP,
+} from "./resources.ts";
+
+export interface BundleContent {
+  "ca.crt": string;
+  "bundle.spiffe": string;
+  /** Revoked serials and SPIFFE IDs, one per line, until their certificates expire (revocation issue). */
+  "revoked.txt"?: string;
+}
+
+export const CONTENT_HASH_ANNOTATION = "custody.dev/content-sha256";
+
+export class TrustBundlePublisher {
+  readonly #rest: KubeRest;
+  readonly #log: Logger;
+  #content: BundleContent;
+  #hash: string;
+  /** Namespace → hash last written or confirmed there. */
+  readonly #published = new Map<string, string>();
+  readonly #inflight = new Map<string, Promise<void>>();
+
+  constructor(rest: KubeRest, log: Logger, content: BundleContent) {
+    this.#rest = rest;
+    this.#log = log;
+    this.#content = content;
+    this.#hash = hashOf(content);
+  }
+
+  setContent(content: BundleContent): void {
+    this.#content = content;
+    this.#hash = hashOf(content);
+  }
+
+  get namespaces(): string[] {
+    return [...this.#published.keys()];
+  }
+
+  /** Called from the ConfigMap watch: a deleted or edited bundle is rewritten on the next ensure. */
+  observed(namespace: string, contentHash: string | undefined): void {
+    if (contentHash === undefined || contentHash !== this.#published.get(namespace)) {
+      this.#published.delete(namespace);
+    }
+  }
+
+  isCurrent(namespace: string): boolean {
+    return this.#published.get(namespace) === this.#hash;
+  }
+
+  /** Makes sure the namespace's bundle is current; concurrent callers share one write. */
+  ensure(namespace: string): Promise<void> {
+    if (this.isCurrent(namespace)) return Promise.resolve();
+    const running = this.#inflight.get(namespace);
+    if (running) return running;
+    const p = this.#write(namespace).finally(() => this.#inflight.delete(namespace));
+    this.#inflight.set(namespace, p);
+    return p;
+  }
+
+  async #write(namespace: string): Promise<void> {
+    const hash = this.#hash;
+    const body = {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: {
+        name: TRUST_BUNDLE_CONFIGMAP,
+        namespace,
+        labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "trust-bundle" },
+        annotations: { [CONTENT_HASH_ANNOTATION]: hash },
+      },
+      data: { ...this.#content },
+    };
+    try {
+      await this.#rest.post(configMapPath(namespace), body);
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+      await this.#rest.put(configMapPath(namespace, TRUST_BUNDLE_CONFIGMAP), body);
+    }
+    this.#published.set(namespace, hash);
+    this.#log.info("trust bundle published", { namespace, contentSha256: hash });
+  }
+}
+
+function hashOf(content: BundleContent): string {
+  const h = createHash("sha256");
+  for (const k of Object.keys(content).sort()) h.update(`${k}\0${content[k as keyof BundleContent]}\0`);
+  return h.digest("hex");
+}

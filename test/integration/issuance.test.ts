@@ -1,0 +1,330 @@
+// The operator against the real apiserver and Kafka: a task is Issued with a
+// valid SPIFFE X.509-SVID, provenance precedes the credential, renewal swaps
+// the Secret atomically, deletion revokes, bad specs are refused by field.
+import "reflect-metadata";
+import { execFileSync } from "node:child_process";
+import { randomUUID, X509Certificate } from "node:crypto";
+import { join } from "node:path";
+import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { DELEGATION_EXTENSION_OID, decodeDelegationExtension } from "../../core/x509/index.ts";
+import { kubeConfigFor } from "../env/local-env.ts";
+import { eventually } from "../support/eventually.ts";
+import { readTopic } from "../support/kafka.ts";
+import { type OperatorProcess, startOperator } from "../support/operator-process.ts";
+
+const env = inject("localEnv");
+const repo = join(import.meta.dirname, "..", "..");
+const suffix = randomUUID().slice(0, 6);
+const ns = `issue-${suffix}`;
+const opNs = `custody-${suffix}`;
+const topic = `custody.provenance.${suffix}`;
+const group = "custody.dev";
+const version = "v1alpha1";
+const plural = "agenttasks";
+
+let kc: KubeConfig;
+let core: CoreV1Api;
+let custom: CustomObjectsApi;
+let operator: OperatorProcess;
+
+interface TaskObj {
+  metadata: { name: string; uid: string; resourceVersion: string; finalizers?: string[] };
+  status?: {
+    phase?: string;
+    spiffeID?: string;
+    certificate?: {
+      serial: string;
+      notAfter: string;
+      renewalTime: string;
+      secretName: string;
+      publicKeySHA256: string;
+    };
+    conditions?: Array<{ type: string; status: string; reason: string; message: string }>;
+    delegationChain?: Array<{ kind: string; name: string }>;
+  };
+}
+
+const task = (name: string, spec: Record<string, unknown>) => ({
+  apiVersion: `${group}/${version}`,
+  kind: "AgentTask",
+  metadata: { name, namespace: ns },
+  spec: {
+    agent: { name: "reviewer", model: { provider: "anthropic", name: "claude", version: "2026-01" } },
+    delegator: { kind: "User", name: "alice" },
+    scope: ["read:repos/acme/*", "comment:repos/acme/api"],
+    serviceAccountName: "reviewer",
+    ...spec,
+  },
+});
+
+async function getTask(name: string): Promise<TaskObj> {
+  return (await custom.getNamespacedCustomObject({ group, version, namespace: ns, plural, name })) as TaskObj;
+}
+
+async function waitPhase(name: string, phase: string, timeoutMs = 20_000): Promise<TaskObj> {
+  return eventually(
+    async () => {
+      const t = await getTask(name);
+      expect(t.status?.phase).toBe(phase);
+      return t;
+    },
+    { timeoutMs },
+  );
+}
+
+beforeAll(async () => {
+  kc = kubeConfigFor(env);
+  core = kc.makeApiClient(CoreV1Api);
+  custom = kc.makeApiClient(CustomObjectsApi);
+  execFileSync(
+    join(env.binDir, "kubectl"),
+    ["apply", "--server-side", "--force-conflicts", "-f", join(repo, "crds")],
+    {
+      env: { ...process.env, KUBECONFIG: env.kubeconfig },
+      stdio: "pipe",
+    },
+  );
+  await eventually(() => custom.listNamespacedCustomObject({ group, version, namespace: "default", plural }));
+  await core.createNamespace({ body: { metadata: { name: ns } } });
+  await core.createNamespace({ body: { metadata: { name: opNs } } });
+  operator = await startOperator(env, { namespace: opNs, topic });
+}, 120_000);
+
+afterAll(async () => {
+  await operator?.stop();
+  await core.deleteNamespace({ name: ns }).catch(() => undefined);
+  await core.deleteNamespace({ name: opNs }).catch(() => undefined);
+});
+
+describe("issuance", () => {
+  it("issues a SPIFFE X.509-SVID that chains to the published bundle and carries the delegation", async () => {
+    await custom.createNamespacedCustomObject({
+      group,
+      version,
+      namespace: ns,
+      plural,
+      body: task("review-pr", {}),
+    });
+    const t = await waitPhase("review-pr", "Issued");
+    const spiffeId = `spiffe://custody.local/ns/${ns}/agent/reviewer/task/review-pr`;
+    expect(t.status?.spiffeID).toBe(spiffeId);
+    expect(t.status?.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "True",
+      reason: "Issued",
+    });
+    expect(t.metadata.finalizers).toContain("custody.dev/revoke-credential");
+
+    const secret = await core.readNamespacedSecret({
+      name: t.status!.certificate!.secretName,
+      namespace: ns,
+    });
+    expect(secret.type).toBe("kubernetes.io/tls");
+    expect(secret.metadata?.ownerReferences?.[0]).toMatchObject({ kind: "AgentTask", uid: t.metadata.uid });
+    const data = (k: string) => Buffer.from(secret.data?.[k] ?? "", "base64").toString("utf8");
+    const leaf = new X509Certificate(data("tls.crt"));
+    expect(leaf.serialNumber.toLowerCase().replace(/^0+/, "")).toBe(
+      t.status!.certificate!.serial.replace(/^0+/, ""),
+    );
+    expect(leaf.subjectAltName).toBe(`URI:${spiffeId}`);
+    expect(leaf.ca).toBe(false);
+    expect(data("tls.key")).toMatch(/^-----BEGIN PRIVATE KEY-----/);
+    expect(leaf.checkPrivateKey((await import("node:crypto")).createPrivateKey(data("tls.key")))).toBe(true);
+    expect(data("spiffe-id")).toBe(spiffeId);
+
+    // The trust bundle ConfigMap of the namespace verifies the leaf.
+    const bundle = await core.readNamespacedConfigMap({ name: "custody-trust-bundle", namespace: ns });
+    const caCert = new X509Certificate(bundle.data?.["ca.crt"] ?? "");
+    expect(leaf.verify(caCert.publicKey)).toBe(true);
+    expect(leaf.checkIssued(caCert)).toBe(true);
+    const spiffeBundle = JSON.parse(bundle.data?.["bundle.spiffe"] ?? "{}") as {
+      keys: Array<{ use: string }>;
+    };
+    expect(spiffeBundle.keys[0]?.use).toBe("x509-svid");
+
+    // Key usage, EKU and the delegation extension, read with @peculiar/x509.
+    const x509 = await import("@peculiar/x509");
+    const parsed = new x509.X509Certificate(data("tls.crt"));
+    const ku = parsed.getExtension(x509.KeyUsagesExtension);
+    expect(ku?.critical).toBe(true);
+    expect(ku?.usages).toBe(x509.KeyUsageFlags.digitalSignature);
+    const eku = parsed.getExtension(x509.ExtendedKeyUsageExtension);
+    expect(eku?.usages).toEqual(expect.arrayContaining(["1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"]));
+    const ext = parsed.extensions.find((e) => e.type === DELEGATION_EXTENSION_OID);
+    expect(ext?.critical).toBe(false);
+    const info = decodeDelegationExtension(new Uint8Array(ext!.value));
+    expect(info.taskUid).toBe(t.metadata.uid);
+    expect(info.delegator).toMatchObject({ kind: "user", name: "alice" });
+    expect(info.scope).toEqual(["read:repos/acme/*", "comment:repos/acme/api"]);
+    expect(t.status?.delegationChain?.map((l) => l.kind)).toEqual(["User", "AgentTask"]);
+
+    // Strict RFC 5280 profile as openssl enforces it.
+    const { writeFileSync, mkdtempSync } = await import("node:fs");
+    const dir = mkdtempSync(join((await import("node:os")).tmpdir(), "custody-verify-"));
+    writeFileSync(join(dir, "ca.pem"), bundle.data?.["ca.crt"] ?? "");
+    writeFileSync(join(dir, "leaf.pem"), data("tls.crt"));
+    const out = execFileSync("openssl", [
+      "verify",
+      "-x509_strict",
+      "-CAfile",
+      join(dir, "ca.pem"),
+      join(dir, "leaf.pem"),
+    ]);
+    expect(out.toString()).toContain("OK");
+
+    // The issued event reached Kafka with this serial, and no key material.
+    const records = await readTopic(env.kafkaBrokers, topic, (rs) =>
+      rs.some((r) => r.value.includes(t.status!.certificate!.serial)),
+    );
+    const issued = records.map((r) => JSON.parse(r.value)).find((e) => e.type === "dev.custody.task.issued");
+    expect(issued?.data?.certificate?.serial).toBe(t.status!.certificate!.serial);
+    expect(issued?.data?.certificate?.publicKeySha256).toBe(t.status!.certificate!.publicKeySHA256);
+    expect(records.every((r) => !r.value.includes("PRIVATE KEY"))).toBe(true);
+  });
+
+  it("renews when the renewal time passes, replacing the Secret's contents in one write", async () => {
+    await custom.createNamespacedCustomObject({
+      group,
+      version,
+      namespace: ns,
+      plural,
+      body: task("renew-me", { ttl: "5m" }),
+    });
+    const first = await waitPhase("renew-me", "Issued");
+    const cert = first.status!.certificate!;
+    const lifetime = Date.parse(cert.notAfter) - Date.now();
+    expect(lifetime).toBeLessThanOrEqual(5 * 60_000);
+    expect(Date.parse(cert.renewalTime)).toBeLessThan(Date.parse(cert.notAfter));
+
+    // Pull the renewal time into the past through the status subresource.
+    execFileSync(
+      join(env.binDir, "kubectl"),
+      [
+        "patch",
+        "at",
+        "renew-me",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=json",
+        `-p=[{"op":"replace","path":"/status/certificate/renewalTime","value":"${new Date(Date.now() - 1000).toISOString()}"}]`,
+      ],
+      { env: { ...process.env, KUBECONFIG: env.kubeconfig }, stdio: "pipe" },
+    );
+    const renewed = await eventually(
+      async () => {
+        const t = await getTask("renew-me");
+        expect(t.status?.certificate?.serial).not.toBe(cert.serial);
+        expect(t.status?.phase).toBe("Issued");
+        return t;
+      },
+      { timeoutMs: 20_000 },
+    );
+    const secret = await core.readNamespacedSecret({ name: cert.secretName, namespace: ns });
+    const leaf = new X509Certificate(Buffer.from(secret.data?.["tls.crt"] ?? "", "base64"));
+    const key = (await import("node:crypto")).createPrivateKey(
+      Buffer.from(secret.data?.["tls.key"] ?? "", "base64"),
+    );
+    expect(leaf.serialNumber.toLowerCase().replace(/^0+/, "")).toBe(
+      renewed.status!.certificate!.serial.replace(/^0+/, ""),
+    );
+    expect(leaf.checkPrivateKey(key)).toBe(true);
+    expect(secret.metadata?.annotations?.["custody.dev/serial"]).toBe(renewed.status!.certificate!.serial);
+    expect(renewed.status?.conditions?.find((c) => c.type === "Ready")?.reason).toBe("Renewed");
+    // The new renewal time is in the future: no reissue loop.
+    expect(Date.parse(renewed.status!.certificate!.renewalTime)).toBeGreaterThan(Date.now());
+    const serialNow = renewed.status!.certificate!.serial;
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await getTask("renew-me")).status?.certificate?.serial).toBe(serialNow);
+  });
+
+  it("re-issues when the credential Secret is deleted by someone", async () => {
+    await custom.createNamespacedCustomObject({
+      group,
+      version,
+      namespace: ns,
+      plural,
+      body: task("self-heal", {}),
+    });
+    const t = await waitPhase("self-heal", "Issued");
+    await core.deleteNamespacedSecret({ name: t.status!.certificate!.secretName, namespace: ns });
+    await eventually(async () => {
+      const s = await core.readNamespacedSecret({ name: t.status!.certificate!.secretName, namespace: ns });
+      expect(s.metadata?.annotations?.["custody.dev/serial"]).toBeDefined();
+      expect(s.metadata?.annotations?.["custody.dev/serial"]).not.toBe(t.status!.certificate!.serial);
+    });
+  });
+
+  it("deleting a task removes its credential through the finalizer", async () => {
+    await custom.createNamespacedCustomObject({
+      group,
+      version,
+      namespace: ns,
+      plural,
+      body: task("short-lived", {}),
+    });
+    const t = await waitPhase("short-lived", "Issued");
+    await custom.deleteNamespacedCustomObject({ group, version, namespace: ns, plural, name: "short-lived" });
+    await eventually(async () => {
+      const gone = await getTask("short-lived").then(
+        () => false,
+        (e: { code?: number }) => e.code === 404,
+      );
+      expect(gone).toBe(true);
+    });
+    const secretGone = await core
+      .readNamespacedSecret({ name: t.status!.certificate!.secretName, namespace: ns })
+      .then(
+        () => false,
+        (e: { code?: number }) => e.code === 404,
+      );
+    expect(secretGone).toBe(true);
+  });
+
+  it("denies a task whose deadline is already past, naming the field", async () => {
+    await custom.createNamespacedCustomObject({
+      group,
+      version,
+      namespace: ns,
+      plural,
+      body: task("too-late", { deadline: "2020-01-01T00:00:00Z" }),
+    });
+    const t = await waitPhase("too-late", "Denied");
+    const ready = t.status?.conditions?.find((c) => c.type === "Ready");
+    expect(ready?.reason).toBe("DeadlinePassed");
+    expect(ready?.message).toContain("spec.deadline");
+    expect(t.status?.certificate).toBeUndefined();
+  });
+});
+
+describe("bad input is refused by the API server with the field named", () => {
+  const cases: Array<[string, Record<string, unknown>, RegExp, string?]> = [
+    ["malformed scope", { scope: ["read repos"] }, /spec\.scope/],
+    ["wildcard in the middle", { scope: ["read:a/*/b"] }, /spec\.scope/],
+    ["ttl out of range", { ttl: "1m" }, /ttl must be between 5m and 24h/],
+    ["ttl not a duration", { ttl: "ten minutes" }, /spec\.ttl/],
+    ["unicode agent name", { agent: { name: "révieweur" } }, /spec\.agent\.name/],
+    ["SPIFFE-illegal characters in the agent name", { agent: { name: "a/b%2e" } }, /spec\.agent\.name/],
+    ["malformed deadline", { deadline: "tomorrow" }, /spec\.deadline/],
+    ["uppercase task name", {}, /metadata\.name|DNS/, "Review-PR"],
+    ["overlong task name", {}, /63/, "a".repeat(64)],
+  ];
+  for (const [what, spec, message, name] of cases) {
+    it(`refuses ${what}`, async () => {
+      const err = await custom
+        .createNamespacedCustomObject({
+          group,
+          version,
+          namespace: ns,
+          plural,
+          body: task(name ?? `bad-${randomUUID().slice(0, 6)}`, spec),
+        })
+        .then(
+          () => undefined,
+          (e: { code?: number; body?: string }) => e,
+        );
+      expect(err?.code).toBe(422);
+      expect(String(err?.body)).toMatch(message);
+    });
+  }
+});

@@ -1,0 +1,89 @@
+// Runs the real operator (node operator/main.ts) as a child process against
+// the local environment, for integration tests; collects its JSON log lines.
+import { type ChildProcess, spawn } from "node:child_process";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import type { LocalEnv } from "../env/local-env.ts";
+import { eventually } from "./eventually.ts";
+
+const repo = join(import.meta.dirname, "..", "..");
+
+export interface OperatorProcess {
+  readonly child: ChildProcess;
+  readonly healthPort: number;
+  readonly logs: string[];
+  readonly namespace: string;
+  readonly topic: string;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startOperator(
+  env: LocalEnv,
+  opts: { namespace: string; topic: string; extraEnv?: Record<string, string>; waitReady?: boolean },
+): Promise<OperatorProcess> {
+  const healthPort = await freePort();
+  const logs: string[] = [];
+  const child = spawn(process.execPath, [join(repo, "operator", "main.ts")], {
+    cwd: repo,
+    env: {
+      PATH: process.env.PATH ?? "",
+      HOME: process.env.HOME ?? "",
+      KUBECONFIG: env.kubeconfig,
+      CUSTODY_KAFKA_BROKERS: env.kafkaBrokers,
+      CUSTODY_KAFKA_TOPIC: opts.topic,
+      CUSTODY_NAMESPACE: opts.namespace,
+      CUSTODY_HEALTH_ADDR: `127.0.0.1:${healthPort}`,
+      CUSTODY_LOG_LEVEL: "info",
+      ...opts.extraEnv,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const collect = (chunk: Buffer) => {
+    for (const line of chunk.toString("utf8").split("\n")) if (line.trim()) logs.push(line);
+  };
+  child.stdout?.on("data", collect);
+  child.stderr?.on("data", collect);
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const proc: OperatorProcess = {
+    child,
+    healthPort,
+    logs,
+    namespace: opts.namespace,
+    topic: opts.topic,
+    async stop(signal = "SIGTERM") {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill(signal);
+      return exited;
+    },
+  };
+  if (opts.waitReady !== false) {
+    try {
+      await eventually(
+        async () => {
+          if (child.exitCode !== null)
+            throw new Error(`operator exited ${child.exitCode}:\n${logs.join("\n")}`);
+          const res = await fetch(`http://127.0.0.1:${healthPort}/readyz`);
+          if (res.status !== 200) throw new Error(`readyz ${res.status}`);
+        },
+        { timeoutMs: 60_000, intervalMs: 100 },
+      );
+    } catch (err) {
+      await proc.stop("SIGKILL");
+      throw new Error(
+        `operator did not become ready: ${(err as Error).message}\n${logs.slice(-30).join("\n")}`,
+      );
+    }
+  }
+  return proc;
+}

@@ -1,0 +1,136 @@
+// Shared fixtures for the provenance tests: one signing key, a sample `data`
+// for every event type, and a helper that writes a whole stream.
+import { generateKeyPairSync } from "node:crypto";
+import { createStreamWriter, type StreamHead } from "../../core/provenance/chain.ts";
+import type { EventData, EventInput, EventType } from "../../core/provenance/events.ts";
+import { createEs256Signer, type Signer } from "../../core/provenance/sign.ts";
+import type { StreamRecord } from "../../core/provenance/verify.ts";
+
+export const KEY = generateKeyPairSync("ec", { namedCurve: "P-256" });
+export const SIGNER = createEs256Signer(KEY.privateKey);
+export const KEYS = new Map([[SIGNER.kid, KEY.publicKey]]);
+export const STREAM = "operator/custody-0";
+export const SOURCE = "custody.dev/operator/custody-0";
+export const TIME = "2026-03-01T12:00:00.000Z";
+export const SPIFFE_ID = "spiffe://custody.local/ns/team-a/agent/reviewer/task/review-42";
+const D = (c: string) => c.repeat(64);
+
+const context = {
+  taskUid: "uid-task",
+  namespace: "team-a",
+  name: "review-42",
+  chainUids: ["uid-root", "uid-mid", "uid-task"],
+  rootUid: "uid-root",
+  contextDigest: D("a"),
+};
+const certificate = {
+  serial: "0a1b2c3d4e5f",
+  spiffeId: SPIFFE_ID,
+  notBefore: "2026-03-01T12:00:00Z",
+  notAfter: "2026-03-01T13:00:00Z",
+  publicKeySha256: D("b"),
+};
+
+export const SAMPLE_DATA: { readonly [T in EventType]: EventData<T> } = {
+  "dev.custody.task.requested": {
+    context,
+    requester: { username: "alice@example.com", uid: "u-1", groups: ["dev"] },
+    admission: { uid: "adm-1", recordDigest: D("c") },
+    agent: "reviewer",
+    scope: ["read:repos/acme/*"],
+    ttl: "1h",
+    labels: { team: "a" },
+    sensitive: { saltId: "salt-2026-03", digests: { "spec.context": D("d") } },
+  },
+  "dev.custody.task.delegation.verified": {
+    context,
+    delegator: { kind: "user", name: "alice@example.com" },
+    depth: 2,
+    scope: ["read:repos/acme/*"],
+  },
+  "dev.custody.task.delegation.refused": {
+    context,
+    reason: "scope-escalation",
+    message: "write:x not in parent",
+  },
+  "dev.custody.task.policy.decided": { context, policyVersion: "policy-7", decision: "allow", reasons: [] },
+  "dev.custody.task.issued": { context, certificate },
+  "dev.custody.task.renewed": { context, certificate, previousSerial: "0a1b" },
+  "dev.custody.task.issuance.abandoned": {
+    context,
+    serial: "0a1b",
+    reason: "operator restarted before the Secret write",
+  },
+  "dev.custody.task.injected": {
+    context,
+    pod: { namespace: "team-a", name: "reviewer-abc", uid: "pod-uid" },
+    containers: ["agent"],
+    serial: "0a1b2c3d4e5f",
+  },
+  "dev.custody.task.denied": { context, stage: "policy", reason: "denied-by-policy", message: "no" },
+  "dev.custody.task.expired": { context, serial: "0a1b", notAfter: "2026-03-01T13:00:00Z" },
+  "dev.custody.task.revoked": {
+    context,
+    serials: ["0a1b"],
+    reason: "parent revoked",
+    cascadeFromUid: "uid-mid",
+  },
+  "dev.custody.task.deleted": { context },
+};
+
+export const TYPES = Object.keys(SAMPLE_DATA) as EventType[];
+
+/** The i-th input of a stream: cycles through every event type. */
+export function sampleInput(i: number, stream = STREAM): EventInput {
+  const type = TYPES[i % TYPES.length]!;
+  return {
+    id: `${stream}#${i}`,
+    source: SOURCE,
+    type,
+    subject: SPIFFE_ID,
+    time: TIME,
+    data: SAMPLE_DATA[type],
+  } as EventInput;
+}
+
+export interface WrittenStream {
+  readonly records: StreamRecord[];
+  readonly head: StreamHead;
+}
+
+/** Writes `count` events to one partition, offsets from `firstOffset`. */
+export function writeStream(
+  count: number,
+  options: {
+    stream?: string;
+    epoch?: number;
+    head?: StreamHead;
+    partition?: number;
+    firstOffset?: number;
+    signer?: Signer;
+  } = {},
+): WrittenStream {
+  const stream = options.stream ?? STREAM;
+  const writer = createStreamWriter({
+    stream,
+    epoch: options.epoch ?? 1,
+    signer: options.signer ?? SIGNER,
+    ...(options.head ? { head: options.head } : {}),
+  });
+  const start = options.head?.seq ?? 0;
+  const records: StreamRecord[] = [];
+  for (let i = 0; i < count; i++) {
+    const { bytes } = writer.append(sampleInput(start + i, stream));
+    records.push({
+      partition: options.partition ?? 0,
+      offset: String((options.firstOffset ?? 0) + i),
+      value: bytes,
+    });
+  }
+  return { records, head: writer.head };
+}
+
+/** Renumbers offsets 0.. in array order (as a copy to another topic would). */
+export function reoffset(records: readonly StreamRecord[]): StreamRecord[] {
+  return records.map((r, i) => ({ ...r, offset: String(i) }));
+}
