@@ -51,7 +51,7 @@ export async function loadOrCreateCa(args: {
           `Secret ${namespace}/${secretName}: CA is for trust domain ${ca.trustDomain}, operator is configured for ${args.trustDomain}`,
         );
       }
-      log.info("CA loaded", { secret: `${namespace}/${secretName}`, notAfter: ca.notAfter.toISOString() });
+      log.info("CA loaded", { object: `${namespace}/${secretName}`, notAfter: ca.notAfter.toISOString() });
       return ca;
     }
     const generated = generateCa({
@@ -78,7 +78,7 @@ export async function loadOrCreateCa(args: {
         },
       });
       log.info("CA generated", {
-        secret: `${namespace}/${secretName}`,
+        object: `${namespace}/${secretName}`,
         notAfter: generated.ca.notAfter.toISOString(),
       });
       return generated.ca;

@@ -1,7 +1,7 @@
 // The Custody operator: wiring only. Composes the pure core with the
 // Kubernetes and Kafka shells; holds no business rule of its own.
 
-import { createPublicKey } from "node:crypto";
+import { X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
 import { type AgentTask, API_VERSION, GROUP, PLURAL, VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
@@ -61,7 +61,7 @@ async function main(): Promise<void> {
     "bundle.spiffe": spiffeBundleJson(
       ca.bundleDer.map((der) => ({
         der,
-        publicKey: createPublicKey({ key: Buffer.from(der), format: "der", type: "spki" }),
+        publicKey: new X509Certificate(der).publicKey,
       })),
       1,
       300,

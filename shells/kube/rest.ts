@@ -91,7 +91,6 @@ export class KubeRest {
     session.on("close", () => {
       if (this.#session === session) this.#session = undefined;
     });
-    session.unref();
     this.#session = session;
     return session;
   }

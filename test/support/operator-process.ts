@@ -71,13 +71,14 @@ export async function startOperator(
     try {
       await eventually(
         async () => {
-          if (child.exitCode !== null)
-            throw new Error(`operator exited ${child.exitCode}:\n${logs.join("\n")}`);
+          // An exited operator ends the wait at once (returning stops polling).
+          if (child.exitCode !== null) return;
           const res = await fetch(`http://127.0.0.1:${healthPort}/readyz`);
           if (res.status !== 200) throw new Error(`readyz ${res.status}`);
         },
         { timeoutMs: 60_000, intervalMs: 100 },
       );
+      if (child.exitCode !== null) throw new Error(`operator exited with ${child.exitCode}`);
     } catch (err) {
       await proc.stop("SIGKILL");
       throw new Error(
