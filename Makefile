@@ -8,7 +8,7 @@ NODE := $(CURDIR)/node_modules/.bin/node
 ENV_DIR := $(CURDIR)/.local/env
 ENV_SH := $(CURDIR)/.local/env.sh
 
-.PHONY: help deps env-build up down status run test test-unit test-integration demo bench generate check-generated lint format clean
+.PHONY: help deps build env-build up down status run test test-unit test-integration demo bench generate check-generated lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ node_modules/.installed: package.json package-lock.json
 	@touch $@
 
 deps: node_modules/.installed ## install npm dependencies (Node 24 included)
+
+build: deps ## compile TypeScript to dist/ (what images, make run and benchmarks execute)
+	tsc -p tsconfig.build.json
 
 env-build: ## build kube-apiserver, controller-manager, kubectl, etcd, helm and fetch Kafka into the cache
 	@test/env/build.sh >/dev/null
@@ -36,10 +39,11 @@ down: ## stop the local environment (no process left behind)
 status: ## show which local processes run
 	@test/env/status.sh $(ENV_DIR)
 
-run: deps ## install the CRDs into the environment of .local/env.sh and run the operator in the foreground
+run: build ## install the CRDs into the environment of .local/env.sh and run the operator in the foreground
 	@test -f $(ENV_SH) || { echo "no local environment: run 'make up' first" >&2; exit 1; }
-	@source $(ENV_SH) && kubectl apply --server-side --force-conflicts -f crds/ >/dev/null && \
-	  exec $(NODE) operator/main.ts
+	@source $(ENV_SH) && kubectl apply --server-side --force-conflicts -f crds/ -f webhook/manifests/ >/dev/null && \
+	  { kubectl get namespace custody-system >/dev/null 2>&1 || kubectl create namespace custody-system >/dev/null; } && \
+	  exec $(NODE) --disable-warning=TimeoutNegativeWarning dist/operator/main.js
 
 test: deps env-build ## unit and integration tests (starts its own throwaway environment)
 	vitest run
@@ -54,8 +58,8 @@ demo: up ## start the environment and show how to reach it
 	@source $(ENV_SH) && echo && echo "kubectl get --raw /readyz: $$(kubectl get --raw /readyz)" && \
 	  kubectl version 2>/dev/null | sed 's/^/  /' && echo "  Kafka: $$CUSTODY_KAFKA_BROKERS"
 
-bench: deps ## benchmarks that print numbers
-	@if [ -f bench/run.ts ]; then $(NODE) bench/run.ts; else echo "no benchmarks yet"; fi
+bench: up build ## benchmarks that print numbers (starts the local environment if needed; BENCH=name runs one)
+	$(NODE) bench/run.ts $(BENCH)
 
 generate: deps ## write crds/ from the zod schemas
 	$(NODE) scripts/generate.ts

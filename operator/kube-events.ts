@@ -1,6 +1,9 @@
 // Kubernetes Events for task transitions (events.k8s.io/v1). Off the hot
 // path: issuance never waits for an Event, and a failed Event is logged, not
-// retried, because Events are best-effort by Kubernetes' own design.
+// retried, because Events are best-effort by Kubernetes' own design. Like
+// client-go's event recorder, a token bucket bounds the API server writes
+// Events may take (they compete with the writes that issue credentials);
+// Events beyond it are shed and counted. Status and provenance are the record.
 import { randomBytes } from "node:crypto";
 import { API_VERSION, KIND } from "../core/api/v1alpha1.ts";
 import type { KubeRest } from "../shells/kube/rest.ts";
@@ -21,12 +24,40 @@ export class TaskEventRecorder {
   readonly #log: Logger;
   readonly #instance: string;
   readonly #maxInflight: number;
+  readonly #ratePerSecond: number;
+  readonly #burst: number;
+  #tokens: number;
+  #refilledAt = Date.now();
 
-  constructor(rest: KubeRest, log: Logger, instance: string, maxInflight = 32) {
+  constructor(
+    rest: KubeRest,
+    log: Logger,
+    instance: string,
+    {
+      maxInflight = 16,
+      ratePerSecond = 25,
+      burst = 100,
+    }: { maxInflight?: number; ratePerSecond?: number; burst?: number } = {},
+  ) {
     this.#rest = rest;
     this.#log = log;
     this.#instance = instance;
     this.#maxInflight = maxInflight;
+    this.#ratePerSecond = ratePerSecond;
+    this.#burst = burst;
+    this.#tokens = burst;
+  }
+
+  #take(): boolean {
+    const now = Date.now();
+    this.#tokens = Math.min(
+      this.#burst,
+      this.#tokens + ((now - this.#refilledAt) / 1000) * this.#ratePerSecond,
+    );
+    this.#refilledAt = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
   }
 
   get dropped(): number {
@@ -34,7 +65,7 @@ export class TaskEventRecorder {
   }
 
   emit(target: EventTarget, type: "Normal" | "Warning", reason: string, action: string, note: string): void {
-    if (this.#inflight >= this.#maxInflight) {
+    if (this.#inflight >= this.#maxInflight || !this.#take()) {
       // Shed load rather than queue without bound: the status and the
       // provenance stream are the records that matter.
       this.#dropped++;

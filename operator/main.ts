@@ -5,9 +5,9 @@ import { X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
 import { type AgentTask, API_VERSION, GROUP, PLURAL, VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
-import { kubeListWatch, loadKubeConfig } from "../shells/kube/client.ts";
+import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
-import { KubeRest } from "../shells/kube/rest.ts";
+import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import { createLogger } from "../shells/log.ts";
 import { WorkQueue } from "../shells/workqueue.ts";
 import { loadOrCreateCa } from "./ca-store.ts";
@@ -33,9 +33,14 @@ async function main(): Promise<void> {
   const config = loadOperatorConfig();
   const identity = config.identity ?? `${hostname()}-${process.pid}`;
   const log = createLogger({ name: "operator", level: config.logLevel });
-  const kc = loadKubeConfig();
-  const rest = new KubeRest(kc);
-  log.info("starting", { identity, trustDomain: config.trustDomain, namespace: config.namespace });
+  const credentials = loadClusterCredentials();
+  const rest = new KubeRest(credentials);
+  log.info("starting", {
+    identity,
+    trustDomain: config.trustDomain,
+    namespace: config.namespace,
+    cluster: credentials.source,
+  });
 
   const ca = await loadOrCreateCa({
     rest,
@@ -68,23 +73,25 @@ async function main(): Promise<void> {
     ),
   });
 
-  // Only what reconciling needs is cached: 10,000 tasks must fit in ~150 MB.
-  const tasks = new Informer<AgentTask>({
+  // 10,000 tasks must fit in ~150 MB: the cache keeps each task as its JSON
+  // text (a few KB as one string, instead of a tree of small objects) and
+  // parses it when a reconcile needs it, which costs microseconds.
+  const tasks = new Informer<CompactTask>({
     name: "agenttasks",
-    listWatch: kubeListWatch(kc, { group: GROUP, version: VERSION, plural: PLURAL }),
-    transform: slimTask,
+    listWatch: restListWatch(rest, `/apis/${GROUP}/${VERSION}/${PLURAL}`),
+    transform: compactTask,
     logger: log.child("informer"),
   });
   const secrets = new Informer<SecretMeta>({
     name: "credential-secrets",
-    listWatch: kubeListWatch(kc, { group: "", version: "v1", plural: "secrets" }),
+    listWatch: restListWatch(rest, "/api/v1/secrets"),
     labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY},${TASK_LABEL}`,
     transform: (s) => ({
       metadata: {
         name: s.metadata.name,
         namespace: s.metadata.namespace,
         ...(s.metadata.resourceVersion ? { resourceVersion: s.metadata.resourceVersion } : {}),
-        labels: s.metadata.labels ?? {},
+        labels: { [TASK_LABEL]: s.metadata.labels?.[TASK_LABEL] ?? "" },
         annotations: { [SERIAL_ANNOTATION]: s.metadata.annotations?.[SERIAL_ANNOTATION] ?? "" },
       },
     }),
@@ -92,7 +99,7 @@ async function main(): Promise<void> {
   });
   const bundleMaps = new Informer<SecretMeta>({
     name: "trust-bundles",
-    listWatch: kubeListWatch(kc, { group: "", version: "v1", plural: "configmaps" }),
+    listWatch: restListWatch(rest, "/api/v1/configmaps"),
     labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY},${COMPONENT_LABEL}=trust-bundle`,
     transform: (c) => ({
       metadata: {
@@ -104,12 +111,15 @@ async function main(): Promise<void> {
     logger: log.child("informer"),
   });
 
-  const credentials = new CredentialIndex();
+  const credentialIndex = new CredentialIndex();
   const events = new TaskEventRecorder(rest, log.child("events"), identity);
-  const reconcile = createTaskReconciler({
+  const reconciler = createTaskReconciler({
     rest,
-    tasks,
-    credentials,
+    getTask: (key) => {
+      const c = tasks.get(key);
+      return c ? (JSON.parse(c.json) as AgentTask) : undefined;
+    },
+    credentials: credentialIndex,
     ca: () => ca,
     recorder,
     events,
@@ -122,7 +132,7 @@ async function main(): Promise<void> {
     name: "agenttasks",
     handler: async (key) => {
       try {
-        return await reconcile(key);
+        return await reconciler.reconcile(key);
       } catch (err) {
         log.warn("reconcile failed; retrying with backoff", { object: key, error: errorText(err) });
         throw err;
@@ -140,7 +150,7 @@ async function main(): Promise<void> {
     const key = taskKeyOfSecret(s);
     if (!key) return;
     const serial = s.metadata.annotations?.[SERIAL_ANNOTATION];
-    credentials.set(key, serial || undefined);
+    credentialIndex.set(key, serial || undefined);
     return key;
   };
   secrets.onAdd((s) => {
@@ -153,7 +163,7 @@ async function main(): Promise<void> {
   secrets.onDelete((s: SecretMeta, _info: DeleteInfo) => {
     const key = taskKeyOfSecret(s);
     if (!key) return;
-    credentials.set(key, undefined);
+    credentialIndex.set(key, undefined);
     if (tasks.hasSynced()) queue.add(key);
   });
   const ensureBundle = (ns: string) =>
@@ -190,13 +200,17 @@ async function main(): Promise<void> {
   bundleMaps.start();
   await Promise.all([secrets.waitForSync(), bundleMaps.waitForSync()]);
   tasks.onAdd((t) => queue.add(objectKey(t)));
-  tasks.onUpdate((_o, t) => queue.add(objectKey(t)));
+  tasks.onUpdate((_o, t) => {
+    const key = objectKey(t);
+    reconciler.observed(key, t.metadata.resourceVersion);
+    queue.add(key);
+  });
   tasks.onDelete((t) => queue.add(objectKey(t)));
   tasks.start();
   await tasks.waitForSync();
   log.info("caches synced; reconciling", {
     tasks: tasks.size,
-    credentials: credentials.size,
+    credentialSecrets: credentialIndex.size,
     apiVersion: API_VERSION,
   });
 
@@ -216,13 +230,20 @@ async function main(): Promise<void> {
   process.on("SIGINT", () => void stop("SIGINT"));
 }
 
-/** Keeps what reconciling reads; drops annotations like last-applied-configuration. */
-function slimTask(t: AgentTask): AgentTask {
+interface CompactTask {
+  metadata: { name: string; namespace: string; resourceVersion?: string };
+  /** The slimmed task as JSON text. */
+  json: string;
+}
+
+/** Keeps what reconciling reads (drops e.g. last-applied-configuration) as one JSON string. */
+function compactTask(t: AgentTask | CompactTask): CompactTask {
+  if ("json" in t) return t;
   const m = t.metadata as AgentTask["metadata"] & { deletionTimestamp?: string; finalizers?: string[] };
   const annotations: Record<string, string> = {};
   for (const [k, v] of Object.entries(m.annotations ?? {}))
     if (k.startsWith("custody.dev/")) annotations[k] = v;
-  return {
+  const slim: AgentTask = {
     apiVersion: t.apiVersion,
     kind: t.kind,
     metadata: {
@@ -239,6 +260,14 @@ function slimTask(t: AgentTask): AgentTask {
     } as AgentTask["metadata"],
     spec: t.spec,
     ...(t.status ? { status: t.status } : {}),
+  };
+  return {
+    metadata: {
+      name: m.name,
+      namespace: m.namespace ?? "",
+      ...(m.resourceVersion ? { resourceVersion: m.resourceVersion } : {}),
+    },
+    json: JSON.stringify(slim),
   };
 }
 

@@ -21,7 +21,6 @@ import {
   mintSvid,
   serialFromRandom,
 } from "../core/x509/index.ts";
-import type { Informer } from "../shells/kube/informer.ts";
 import { isAlreadyExists, isConflict, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
 import type { HandlerResult } from "../shells/workqueue.ts";
@@ -48,7 +47,8 @@ export interface ReconcilerMetrics {
 
 export interface TaskReconcilerDeps {
   rest: KubeRest;
-  tasks: Informer<AgentTask>;
+  /** The cached task for a key ("namespace/name"), or undefined once it is gone. */
+  getTask: (key: string) => AgentTask | undefined;
   /** The serial of each task's credential Secret as last observed or written. */
   credentials: CredentialIndex;
   ca: () => CertificateAuthority;
@@ -102,6 +102,11 @@ class WrittenState {
     }
     return mine.task;
   }
+  /** From the informer: once it has our write (or a newer one), drop our copy. */
+  observed(key: string, rv: string | undefined): void {
+    const mine = this.#byKey.get(key);
+    if (mine && (rv === mine.rv || newerRv(rv, mine.rv))) this.#byKey.delete(key);
+  }
   forget(key: string): void {
     this.#byKey.delete(key);
   }
@@ -120,13 +125,21 @@ const ISSUE_REASON_TEXT = {
   CredentialMissing: "the credential Secret is missing or differs from status",
 } as const;
 
-export function createTaskReconciler(deps: TaskReconcilerDeps): (key: string) => Promise<HandlerResult> {
+export interface TaskReconciler {
+  reconcile(key: string): Promise<HandlerResult>;
+  /** Tell the reconciler the informer now has this resourceVersion of the task. */
+  observed(key: string, resourceVersion: string | undefined): void;
+}
+
+export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
   const now = deps.now ?? Date.now;
   const written = new WrittenState();
   const { rest, log } = deps;
 
-  return async function reconcile(key: string): Promise<HandlerResult> {
-    const cached = deps.tasks.get(key);
+  return { reconcile, observed: (key, rv) => written.observed(key, rv) };
+
+  async function reconcile(key: string): Promise<HandlerResult> {
+    const cached = deps.getTask(key);
     if (!cached) {
       written.forget(key);
       deps.credentials.set(key, undefined);
@@ -313,7 +326,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): (key: string) =>
       spec.deadline ? Date.parse(spec.deadline) : Number.POSITIVE_INFINITY,
     );
     return { requeueAfterMs: Math.max(1000, wakeAt - now()) };
-  };
+  }
 
   // ---------------------------------------------------------------- helpers
 

@@ -486,7 +486,7 @@ export const AGENT_TASK_CRD: CustomResourceDescription = {
     { name: "Phase", type: "string", jsonPath: ".status.phase" },
     { name: "Delegator", type: "string", jsonPath: ".status.delegator.name" },
     { name: "SPIFFE-ID", type: "string", jsonPath: ".status.spiffeID" },
-    { name: "Expires", type: "date", jsonPath: ".status.certificate.notAfter" },
+    { name: "Expires", type: "string", jsonPath: ".status.certificate.notAfter" },
     { name: "Age", type: "date", jsonPath: ".metadata.creationTimestamp" },
     { name: "Scope", type: "string", jsonPath: ".spec.scope", priority: 1 },
     { name: "Parent", type: "string", jsonPath: ".spec.parentRef.name", priority: 1 },

@@ -1,10 +1,11 @@
 // A small HTTP/2 client for the Kubernetes API's hot path (status writes,
 // Secret writes, Events). One multiplexed TLS connection, like client-go:
 // the apiserver is the bottleneck, so the client must not add per-request
-// TLS handshakes or heavy serialisation. Credentials come from the
-// KubeConfig (client certificate, bearer token, in-cluster token file).
+// TLS handshakes or heavy serialisation. Credentials come from
+// credentials.ts (client certificate, bearer token, in-cluster token file).
 import http2, { type ClientHttp2Session } from "node:http2";
-import type { KubeConfig } from "@kubernetes/client-node";
+import type { ClusterCredentials } from "./credentials.ts";
+import type { ListPage, ListRequest, ListWatch, WatchEvent, WatchHandle, WatchRequest } from "./informer.ts";
 
 export class KubeApiError extends Error {
   readonly code: number;
@@ -32,65 +33,43 @@ const PATCH_CONTENT_TYPES: Record<PatchType, string> = {
   apply: "application/apply-patch+yaml",
 };
 
-interface Credentials {
-  authority: string;
-  tls: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer; rejectUnauthorized?: boolean };
-  headers: Record<string, string>;
-  fetchedAt: number;
-}
-
-/** Tokens from files (in-cluster) rotate; re-read credentials this often. */
-const CREDENTIAL_REFRESH_MS = 60_000;
-
 export class KubeRest {
-  readonly #kc: KubeConfig;
+  readonly #creds: ClusterCredentials;
+  readonly #authority: string;
   #session: ClientHttp2Session | undefined;
-  #creds: Credentials | undefined;
   readonly #timeoutMs: number;
 
-  constructor(kc: KubeConfig, { timeoutMs = 30_000 }: { timeoutMs?: number } = {}) {
-    this.#kc = kc;
+  constructor(creds: ClusterCredentials, { timeoutMs = 30_000 }: { timeoutMs?: number } = {}) {
+    this.#creds = creds;
+    this.#authority = new URL(creds.server).origin;
     this.#timeoutMs = timeoutMs;
   }
 
-  async #credentials(): Promise<Credentials> {
-    if (this.#creds && Date.now() - this.#creds.fetchedAt < CREDENTIAL_REFRESH_MS) return this.#creds;
-    const cluster = this.#kc.getCurrentCluster();
-    if (!cluster) throw new Error("kubeconfig has no current cluster");
-    const opts: {
-      ca?: string | Buffer;
-      cert?: string | Buffer;
-      key?: string | Buffer;
-      headers?: Record<string, string>;
-      rejectUnauthorized?: boolean;
-    } = {};
-    await this.#kc.applyToHTTPSOptions(opts as never);
-    const url = new URL(cluster.server);
-    const tls: Credentials["tls"] = {};
-    if (opts.ca) tls.ca = opts.ca;
-    if (opts.cert) tls.cert = opts.cert;
-    if (opts.key) tls.key = opts.key;
-    if (opts.rejectUnauthorized === false) tls.rejectUnauthorized = false;
-    const previous = this.#creds;
-    this.#creds = { authority: url.origin, tls, headers: { ...(opts.headers ?? {}) }, fetchedAt: Date.now() };
-    // A changed client certificate needs a new connection; a changed token does not.
-    if (previous && (previous.tls.cert !== tls.cert || previous.tls.key !== tls.key)) this.close();
-    return this.#creds;
+  get server(): string {
+    return this.#authority;
   }
 
-  #connect(creds: Credentials): ClientHttp2Session {
+  #headers(): Record<string, string> {
+    const token = this.#creds.token();
+    return token ? { authorization: `Bearer ${token}` } : {};
+  }
+
+  #connect(): ClientHttp2Session {
     const s = this.#session;
     if (s && !s.closed && !s.destroyed) return s;
-    const session = http2.connect(creds.authority, { ...creds.tls, servername: undefined });
-    session.on("error", () => {
-      if (this.#session === session) this.#session = undefined;
+    const c = this.#creds;
+    const session = http2.connect(this.#authority, {
+      ...(c.ca ? { ca: c.ca } : {}),
+      ...(c.cert ? { cert: c.cert } : {}),
+      ...(c.key ? { key: c.key } : {}),
+      rejectUnauthorized: !c.insecureSkipTlsVerify,
     });
-    session.on("goaway", () => {
+    const drop = () => {
       if (this.#session === session) this.#session = undefined;
-    });
-    session.on("close", () => {
-      if (this.#session === session) this.#session = undefined;
-    });
+    };
+    session.on("error", drop);
+    session.on("goaway", drop);
+    session.on("close", drop);
     this.#session = session;
     return session;
   }
@@ -106,10 +85,9 @@ export class KubeRest {
     body?: unknown,
     contentType = "application/json",
   ): Promise<T> {
-    const creds = await this.#credentials();
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.#once<T>(creds, method, path, body, contentType);
+        return await this.#once<T>(method, path, body, contentType);
       } catch (err) {
         // A connection that died between requests (GOAWAY, reset) is retried
         // once on a fresh session; API errors are the caller's to handle.
@@ -120,15 +98,15 @@ export class KubeRest {
     }
   }
 
-  #once<T>(creds: Credentials, method: string, path: string, body: unknown, contentType: string): Promise<T> {
-    const session = this.#connect(creds);
+  #once<T>(method: string, path: string, body: unknown, contentType: string): Promise<T> {
+    const session = this.#connect();
     const payload = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
     return new Promise<T>((resolve, reject) => {
       const headers: http2.OutgoingHttpHeaders = {
         ":method": method,
         ":path": path,
         accept: "application/json",
-        ...creds.headers,
+        ...this.#headers(),
       };
       if (payload !== undefined) headers["content-type"] = contentType;
       const req = session.request(headers, { endStream: payload === undefined });
@@ -170,6 +148,85 @@ export class KubeRest {
     });
   }
 
+  /**
+   * A watch stream (newline-delimited JSON events) on the shared HTTP/2
+   * connection. `onDone` is called once: without an error when the server
+   * ended the stream, with one (carrying `statusCode`) otherwise.
+   */
+  watch(
+    path: string,
+    onEvent: (event: { type: string; object: unknown }) => void,
+    onDone: (err?: unknown) => void,
+  ): { abort(): void } {
+    let finished = false;
+    const finish = (err?: unknown) => {
+      if (finished) return;
+      finished = true;
+      onDone(err);
+    };
+    let req: http2.ClientHttp2Stream;
+    try {
+      req = this.#connect().request({
+        ":method": "GET",
+        ":path": path,
+        accept: "application/json",
+        ...this.#headers(),
+      });
+    } catch (err) {
+      queueMicrotask(() => finish(err));
+      return { abort() {} };
+    }
+    let status = 0;
+    let buffered = "";
+    let errorBody = "";
+    req.setEncoding("utf8");
+    req.on("response", (h) => {
+      status = Number(h[":status"] ?? 0);
+    });
+    req.on("data", (chunk: string) => {
+      if (status !== 200) {
+        errorBody += chunk;
+        return;
+      }
+      buffered += chunk;
+      let nl = buffered.indexOf("\n");
+      while (nl >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        if (line.trim()) {
+          try {
+            onEvent(JSON.parse(line) as { type: string; object: unknown });
+          } catch (err) {
+            finish(err);
+            req.close(http2.constants.NGHTTP2_CANCEL);
+            return;
+          }
+        }
+        nl = buffered.indexOf("\n");
+      }
+    });
+    req.on("error", (err) => finish(err));
+    req.on("close", () => {
+      if (status === 200 || status === 0) {
+        finish(status === 0 ? new Error(`watch ${path}: stream closed without a response`) : undefined);
+        return;
+      }
+      let message = errorBody.slice(0, 300);
+      try {
+        message = String((JSON.parse(errorBody) as { message?: unknown }).message ?? message);
+      } catch {
+        // not a Status object
+      }
+      finish(Object.assign(new Error(`watch ${path}: ${status} ${message}`), { statusCode: status }));
+    });
+    return {
+      abort() {
+        finished = true;
+        req.close(http2.constants.NGHTTP2_CANCEL);
+      },
+    };
+  }
+
   get<T = unknown>(path: string): Promise<T> {
     return this.request<T>("GET", path);
   }
@@ -185,4 +242,44 @@ export class KubeRest {
   delete<T = unknown>(path: string, body?: unknown): Promise<T> {
     return this.request<T>("DELETE", path, body);
   }
+}
+
+/** The Informer's ListWatch over KubeRest: paged lists and watches as raw JSON. */
+export function restListWatch(rest: KubeRest, collectionPath: string, pageSize = 500): ListWatch {
+  const query = (params: Record<string, string | number | boolean | undefined>) => {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== "") q.set(k, String(v));
+    return q.toString();
+  };
+  return {
+    async *list(req: ListRequest): AsyncIterable<ListPage> {
+      let cont: string | undefined;
+      do {
+        if (req.signal.aborted) throw new Error(`list ${collectionPath}: aborted`);
+        const page = await rest.get<{
+          items?: unknown[];
+          metadata?: { resourceVersion?: string; continue?: string };
+        }>(
+          `${collectionPath}?${query({ limit: pageSize, continue: cont, labelSelector: req.labelSelector, fieldSelector: req.fieldSelector })}`,
+        );
+        cont = page.metadata?.continue || undefined;
+        yield { items: page.items ?? [], resourceVersion: page.metadata?.resourceVersion ?? "" };
+      } while (cont);
+    },
+    async watch(
+      req: WatchRequest,
+      onEvent: (e: WatchEvent) => void,
+      onDone: (err?: unknown) => void,
+    ): Promise<WatchHandle> {
+      const path = `${collectionPath}?${query({
+        watch: 1,
+        resourceVersion: req.resourceVersion,
+        allowWatchBookmarks: req.allowWatchBookmarks,
+        timeoutSeconds: req.timeoutSeconds,
+        labelSelector: req.labelSelector,
+        fieldSelector: req.fieldSelector,
+      })}`;
+      return rest.watch(path, onEvent, onDone);
+    },
+  };
 }

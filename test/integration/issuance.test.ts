@@ -11,7 +11,7 @@ import { DELEGATION_EXTENSION_OID, decodeDelegationExtension } from "../../core/
 import { kubeConfigFor } from "../env/local-env.ts";
 import { eventually } from "../support/eventually.ts";
 import { readTopic } from "../support/kafka.ts";
-import { type OperatorProcess, startOperator } from "../support/operator-process.ts";
+import { installCustody, type OperatorProcess, startOperator } from "../support/operator-process.ts";
 
 const env = inject("localEnv");
 const repo = join(import.meta.dirname, "..", "..");
@@ -77,14 +77,7 @@ beforeAll(async () => {
   kc = kubeConfigFor(env);
   core = kc.makeApiClient(CoreV1Api);
   custom = kc.makeApiClient(CustomObjectsApi);
-  execFileSync(
-    join(env.binDir, "kubectl"),
-    ["apply", "--server-side", "--force-conflicts", "-f", join(repo, "crds")],
-    {
-      env: { ...process.env, KUBECONFIG: env.kubeconfig },
-      stdio: "pipe",
-    },
-  );
+  await installCustody(env);
   await eventually(() => custom.listNamespacedCustomObject({ group, version, namespace: "default", plural }));
   await core.createNamespace({ body: { metadata: { name: ns } } });
   await core.createNamespace({ body: { metadata: { name: opNs } } });
@@ -294,6 +287,39 @@ describe("issuance", () => {
     expect(ready?.reason).toBe("DeadlinePassed");
     expect(ready?.message).toContain("spec.deadline");
     expect(t.status?.certificate).toBeUndefined();
+  });
+});
+
+describe("kubectl", () => {
+  it("shows PHASE, DELEGATOR, SPIFFE-ID, EXPIRES, AGE, and with -o wide SCOPE and PARENT", async () => {
+    await waitPhase("review-pr", "Issued");
+    const kubectl = (...a: string[]) =>
+      execFileSync(join(env.binDir, "kubectl"), a, {
+        env: { ...process.env, KUBECONFIG: env.kubeconfig },
+      }).toString();
+    const table = kubectl("get", "at", "review-pr", "-n", ns);
+    const [header, row] = table.trim().split("\n");
+    expect(header?.split(/\s+/)).toEqual(["NAME", "PHASE", "DELEGATOR", "SPIFFE-ID", "EXPIRES", "AGE"]);
+    expect(row).toContain("Issued");
+    expect(row).toContain("alice");
+    expect(row).toContain(`spiffe://custody.local/ns/${ns}/agent/reviewer/task/review-pr`);
+    expect(row).toMatch(/\d{4}-\d{2}-\d{2}T/);
+    const wide = kubectl("get", "agenttasks.custody.dev", "review-pr", "-n", ns, "-o", "wide");
+    const [wideHeader, wideRow] = wide.trim().split("\n");
+    expect(wideHeader?.split(/\s+/)).toEqual([
+      "NAME",
+      "PHASE",
+      "DELEGATOR",
+      "SPIFFE-ID",
+      "EXPIRES",
+      "AGE",
+      "SCOPE",
+      "PARENT",
+    ]);
+    expect(wideRow).toContain("read:repos/acme/*");
+    const described = kubectl("describe", "at", "review-pr", "-n", ns);
+    expect(described).toContain("Delegation Chain");
+    expect(described).toContain("Conditions");
   });
 });
 

@@ -1,6 +1,6 @@
 // Runs the real operator (node operator/main.ts) as a child process against
 // the local environment, for integration tests; collects its JSON log lines.
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import type { LocalEnv } from "../env/local-env.ts";
@@ -30,25 +30,38 @@ export async function freePort(): Promise<number> {
 
 export async function startOperator(
   env: LocalEnv,
-  opts: { namespace: string; topic: string; extraEnv?: Record<string, string>; waitReady?: boolean },
+  opts: {
+    namespace: string;
+    topic: string;
+    extraEnv?: Record<string, string>;
+    waitReady?: boolean;
+    /** Run the compiled operator (dist/, `make build`) as production does, instead of the TypeScript source. */
+    compiled?: boolean;
+    nodeArgs?: string[];
+  },
 ): Promise<OperatorProcess> {
   const healthPort = await freePort();
   const logs: string[] = [];
-  const child = spawn(process.execPath, [join(repo, "operator", "main.ts")], {
-    cwd: repo,
-    env: {
-      PATH: process.env.PATH ?? "",
-      HOME: process.env.HOME ?? "",
-      KUBECONFIG: env.kubeconfig,
-      CUSTODY_KAFKA_BROKERS: env.kafkaBrokers,
-      CUSTODY_KAFKA_TOPIC: opts.topic,
-      CUSTODY_NAMESPACE: opts.namespace,
-      CUSTODY_HEALTH_ADDR: `127.0.0.1:${healthPort}`,
-      CUSTODY_LOG_LEVEL: "info",
-      ...opts.extraEnv,
+  const entry = opts.compiled ? join(repo, "dist", "operator", "main.js") : join(repo, "operator", "main.ts");
+  const child = spawn(
+    process.execPath,
+    ["--disable-warning=TimeoutNegativeWarning", ...(opts.nodeArgs ?? []), entry],
+    {
+      cwd: repo,
+      env: {
+        PATH: process.env.PATH ?? "",
+        HOME: process.env.HOME ?? "",
+        KUBECONFIG: env.kubeconfig,
+        CUSTODY_KAFKA_BROKERS: env.kafkaBrokers,
+        CUSTODY_KAFKA_TOPIC: opts.topic,
+        CUSTODY_NAMESPACE: opts.namespace,
+        CUSTODY_HEALTH_ADDR: `127.0.0.1:${healthPort}`,
+        CUSTODY_LOG_LEVEL: "info",
+        ...opts.extraEnv,
+      },
+      stdio: ["ignore", "pipe", "pipe"],
     },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  );
   const collect = (chunk: Buffer) => {
     for (const line of chunk.toString("utf8").split("\n")) if (line.trim()) logs.push(line);
   };
@@ -87,4 +100,18 @@ export async function startOperator(
     }
   }
   return proc;
+}
+
+/** Installs what `make run` installs before the operator starts: the CRDs and the admission policies. */
+export function installCustody(env: LocalEnv): void {
+  for (const dir of ["crds", join("webhook", "manifests")]) {
+    execFileSync(
+      join(env.binDir, "kubectl"),
+      ["apply", "--server-side", "--force-conflicts", "-f", join(repo, dir)],
+      {
+        env: { ...process.env, KUBECONFIG: env.kubeconfig },
+        stdio: "pipe",
+      },
+    );
+  }
 }

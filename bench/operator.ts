@@ -1,0 +1,230 @@
+/**
+ * Operator benchmarks against the local environment (`make up`; reads
+ * .local/env/env.json or CUSTODY_ENV_DIR). Starts a fresh operator process and
+ * measures, from each task's create request to the watch event that shows it
+ * Issued:
+ *   1. a burst of N (default 1,000) AgentTasks: tasks/s and p50/p99;
+ *   2. a steady rate (default 50/s for 60 s): p50/p99;
+ *   3. the operator's RSS once 10,000 tasks are issued.
+ * Usage: node bench/operator.ts [--burst 1000] [--rate 50] [--seconds 60] [--total 10000]
+ */
+
+import { execFileSync } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { loadClusterCredentials } from "../shells/kube/credentials.ts";
+import { Informer } from "../shells/kube/informer.ts";
+import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
+import type { LocalEnv } from "../test/env/local-env.ts";
+import { installCustody, startOperator } from "../test/support/operator-process.ts";
+
+const args = new Map<string, string>();
+for (let i = 2; i < process.argv.length; i += 2)
+  args.set(process.argv[i]!.replace(/^--/, ""), process.argv[i + 1]!);
+const BURST = Number(args.get("burst") ?? 1000);
+const RATE = Number(args.get("rate") ?? 50);
+const SECONDS = Number(args.get("seconds") ?? 60);
+const TOTAL = Number(args.get("total") ?? 10_000);
+
+const repo = join(import.meta.dirname, "..");
+const envDir = process.env.CUSTODY_ENV_DIR ?? join(repo, ".local", "env");
+const env = JSON.parse(readFileSync(join(envDir, "env.json"), "utf8")) as LocalEnv;
+const rest = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig }));
+const run = randomUUID().slice(0, 6);
+const ns = `bench-${run}`;
+const opNs = `custody-bench-${run}`;
+
+const created = new Map<string, number>();
+const issued = new Map<string, number>();
+let watchEvents = 0;
+const waiters: Array<{ names: Set<string>; resolve: () => void }> = [];
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+function latencies(names: string[]): number[] {
+  return names.map((n) => issued.get(n)! - created.get(n)!).sort((a, b) => a - b);
+}
+
+function taskBody(name: string) {
+  return {
+    apiVersion: "custody.dev/v1alpha1",
+    kind: "AgentTask",
+    metadata: { name, namespace: ns },
+    spec: {
+      agent: { name: "bench-agent", model: { provider: "anthropic", name: "claude", version: "1" } },
+      delegator: { kind: "User", name: "alice" },
+      scope: ["read:repos/acme/*"],
+      serviceAccountName: "bench",
+      ttl: "1h",
+    },
+  };
+}
+
+async function create(name: string): Promise<void> {
+  created.set(name, performance.now());
+  await rest.post(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`, taskBody(name));
+}
+
+function waitIssued(names: string[], timeoutMs: number): Promise<void> {
+  const pending = new Set(names.filter((n) => !issued.has(n)));
+  if (pending.size === 0) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () =>
+        reject(
+          new Error(
+            `${pending.size} of ${names.length} tasks not Issued after ${timeoutMs} ms (${watchEvents} watch events)`,
+          ),
+        ),
+      timeoutMs,
+    );
+    waiters.push({
+      names: pending,
+      resolve: () => {
+        clearTimeout(timer);
+        resolve();
+      },
+    });
+  });
+}
+
+async function createAll(names: string[], concurrency: number): Promise<void> {
+  let i = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (i < names.length) await create(names[i++]!);
+    }),
+  );
+}
+
+function rssMb(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  return kb / 1024;
+}
+
+async function main(): Promise<void> {
+  await installCustody(env);
+  for (const n of [ns, opNs]) await rest.post("/api/v1/namespaces", { metadata: { name: n } });
+
+  // Observed through the project's own resilient informer (list + watch,
+  // re-list on 410, watchdog), not a bare watch that may stop silently.
+  const seen = (obj: { metadata?: { name?: string }; status?: { phase?: string } }) => {
+    watchEvents++;
+    const name = obj.metadata?.name ?? "";
+    if (obj.status?.phase !== "Issued" || issued.has(name)) return;
+    issued.set(name, performance.now());
+    for (let i = waiters.length - 1; i >= 0; i--) {
+      const w = waiters[i]!;
+      w.names.delete(name);
+      if (w.names.size === 0) {
+        waiters.splice(i, 1);
+        w.resolve();
+      }
+    }
+  };
+  const informer = new Informer<{ metadata?: { name?: string }; status?: { phase?: string } }>({
+    name: "bench-tasks",
+    listWatch: restListWatch(rest, `/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`),
+    transform: (t) => ({
+      metadata: { name: t.metadata?.name ?? "" },
+      ...(t.status ? { status: { phase: t.status.phase ?? "" } } : {}),
+    }),
+  });
+  informer.onAdd(seen);
+  informer.onUpdate((_o, n) => seen(n));
+  informer.start();
+  await informer.waitForSync();
+
+  const operator = await startOperator(env, {
+    namespace: opNs,
+    topic: `custody.bench.${run}`,
+    extraEnv: { CUSTODY_LOG_LEVEL: "warn" },
+    compiled: true,
+  });
+  const pid = operator.child.pid!;
+  console.log(`operator pid ${pid}, RSS at start ${rssMb(pid).toFixed(0)} MB`);
+
+  // 1. Burst
+  const burst = Array.from({ length: BURST }, (_, i) => `burst-${i}`);
+  const t0 = performance.now();
+  await createAll(burst, 64);
+  const createdAt = performance.now();
+  await waitIssued(burst, 120_000);
+  const t1 = performance.now();
+  const lb = latencies(burst);
+  const burstResult = {
+    tasks: BURST,
+    createSeconds: (createdAt - t0) / 1000,
+    allIssuedSeconds: (t1 - t0) / 1000,
+    tasksPerSecond: BURST / ((t1 - t0) / 1000),
+    p50ms: percentile(lb, 50),
+    p99ms: percentile(lb, 99),
+  };
+
+  // 2. Steady rate
+  const steady: string[] = [];
+  const start = performance.now();
+  const total = RATE * SECONDS;
+  const inflight: Promise<void>[] = [];
+  for (let i = 0; i < total; i++) {
+    const due = start + (i * 1000) / RATE;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const name = `steady-${i}`;
+    steady.push(name);
+    inflight.push(create(name));
+  }
+  await Promise.all(inflight);
+  await waitIssued(steady, 60_000);
+  const ls = latencies(steady);
+  const steadyResult = {
+    rate: RATE,
+    seconds: SECONDS,
+    achievedRate: total / ((performance.now() - start) / 1000),
+    p50ms: percentile(ls, 50),
+    p99ms: percentile(ls, 99),
+  };
+
+  // 3. RSS with TOTAL tasks issued
+  const already = BURST + total;
+  const rest10k = Array.from({ length: Math.max(0, TOTAL - already) }, (_, i) => `fill-${i}`);
+  const f0 = performance.now();
+  await createAll(rest10k, 64);
+  await waitIssued(rest10k, 300_000);
+  const fillSeconds = (performance.now() - f0) / 1000;
+  await new Promise((r) => setTimeout(r, 5000));
+  const rss = rssMb(pid);
+
+  console.log("\n== operator benchmark (local kube-apiserver + Kafka, one operator process) ==");
+  console.log(
+    `burst ${burstResult.tasks} tasks: all Issued in ${burstResult.allIssuedSeconds.toFixed(2)} s ` +
+      `(${burstResult.tasksPerSecond.toFixed(0)} tasks/s; creates took ${burstResult.createSeconds.toFixed(2)} s), ` +
+      `create→Issued p50 ${burstResult.p50ms.toFixed(0)} ms, p99 ${burstResult.p99ms.toFixed(0)} ms`,
+  );
+  console.log(
+    `steady ${steadyResult.rate}/s for ${steadyResult.seconds} s (achieved ${steadyResult.achievedRate.toFixed(1)}/s): ` +
+      `create→Issued p50 ${steadyResult.p50ms.toFixed(1)} ms, p99 ${steadyResult.p99ms.toFixed(1)} ms`,
+  );
+  console.log(
+    `fill to ${TOTAL} tasks: ${rest10k.length} more in ${fillSeconds.toFixed(1)} s ` +
+      `(${(rest10k.length / fillSeconds).toFixed(0)} tasks/s sustained)`,
+  );
+  console.log(`operator RSS with ${issued.size} tasks issued: ${rss.toFixed(0)} MB`);
+
+  await operator.stop();
+  await informer.stop();
+  await rest.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
+  await rest.delete(`/api/v1/namespaces/${opNs}`).catch(() => undefined);
+  rest.close();
+  process.exit(0);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
