@@ -9,15 +9,14 @@
  * Usage: node bench/operator.ts [--burst 1000] [--rate 50] [--seconds 60] [--total 10000]
  */
 
-import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { Informer } from "../shells/kube/informer.ts";
-import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
+import { KubeApiError, KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import type { LocalEnv } from "../test/env/local-env.ts";
-import { installCustody, startOperator } from "../test/support/operator-process.ts";
+import { installCustody, OPERATOR_NODE_FLAGS, startOperator } from "../test/support/operator-process.ts";
 
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2)
@@ -66,7 +65,17 @@ function taskBody(name: string) {
 
 async function create(name: string): Promise<void> {
   created.set(name, performance.now());
-  await rest.post(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`, taskBody(name));
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await rest.post(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`, taskBody(name));
+      return;
+    } catch (err) {
+      // A just-installed CRD can answer 503 for a moment.
+      if (!(err instanceof KubeApiError && err.code === 503) || attempt > 50) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+      created.set(name, performance.now());
+    }
+  }
 }
 
 function waitIssued(names: string[], timeoutMs: number): Promise<void> {
@@ -145,6 +154,8 @@ async function main(): Promise<void> {
     topic: `custody.bench.${run}`,
     extraEnv: { CUSTODY_LOG_LEVEL: "warn" },
     compiled: true,
+    // The production runtime flags (docs/operations.md), unless overridden.
+    nodeArgs: (process.env.CUSTODY_BENCH_NODE_ARGS ?? OPERATOR_NODE_FLAGS).split(" ").filter(Boolean),
   });
   const pid = operator.child.pid!;
   console.log(`operator pid ${pid}, RSS at start ${rssMb(pid).toFixed(0)} MB`);
@@ -199,6 +210,9 @@ async function main(): Promise<void> {
   const fillSeconds = (performance.now() - f0) / 1000;
   await new Promise((r) => setTimeout(r, 5000));
   const rss = rssMb(pid);
+  const metricsText = await (await fetch(`http://127.0.0.1:${operator.healthPort}/metrics`)).text();
+  const metric = (name: string) =>
+    Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metricsText)?.[1] ?? Number.NaN) / 1e6;
 
   console.log("\n== operator benchmark (local kube-apiserver + Kafka, one operator process) ==");
   console.log(
@@ -214,7 +228,11 @@ async function main(): Promise<void> {
     `fill to ${TOTAL} tasks: ${rest10k.length} more in ${fillSeconds.toFixed(1)} s ` +
       `(${(rest10k.length / fillSeconds).toFixed(0)} tasks/s sustained)`,
   );
-  console.log(`operator RSS with ${issued.size} tasks issued: ${rss.toFixed(0)} MB`);
+  console.log(
+    `operator RSS with ${issued.size} tasks issued: ${rss.toFixed(0)} MB ` +
+      `(V8 heap used ${metric("nodejs_heap_size_used_bytes").toFixed(0)} MB of ${metric("nodejs_heap_size_total_bytes").toFixed(0)} MB, ` +
+      `external ${metric("nodejs_external_memory_bytes").toFixed(0)} MB; node flags: ${process.env.CUSTODY_BENCH_NODE_ARGS ?? OPERATOR_NODE_FLAGS})`,
+  );
 
   await operator.stop();
   await informer.stop();

@@ -275,7 +275,7 @@ function childWithinParent(
     return deny("ParentInvalid", PARENT_FIELD, `${PARENT_FIELD}: parent ${parentName}: ${e.message}`);
   }
   const subset = scopeIsSubset(childScope, parentScope);
-  if (!subset.ok && subset.index > 0) {
+  if (!subset.ok) {
     const field = `spec.scope[${subset.index}]`;
     return deny(
       "ScopeEscalation",

@@ -9,6 +9,7 @@ import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
 import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import { createLogger } from "../shells/log.ts";
+import { OperatorMetrics } from "../shells/metrics.ts";
 import { WorkQueue } from "../shells/workqueue.ts";
 import { loadOrCreateCa } from "./ca-store.ts";
 import { loadOperatorConfig } from "./config.ts";
@@ -111,6 +112,7 @@ async function main(): Promise<void> {
     logger: log.child("informer"),
   });
 
+  const metrics = new OperatorMetrics();
   const credentialIndex = new CredentialIndex();
   const events = new TaskEventRecorder(rest, log.child("events"), identity);
   const reconciler = createTaskReconciler({
@@ -127,6 +129,7 @@ async function main(): Promise<void> {
     trustDomain: config.trustDomain,
     renewJitter: config.renewJitter,
     log: log.child("reconciler"),
+    metrics,
   });
   const queue = new WorkQueue({
     name: "agenttasks",
@@ -140,6 +143,7 @@ async function main(): Promise<void> {
     },
     concurrency: config.workers,
     logger: log.child("queue"),
+    metrics: metrics.workQueue("agenttasks"),
   });
 
   const taskKeyOfSecret = (s: SecretMeta) => {
@@ -191,6 +195,10 @@ async function main(): Promise<void> {
       "secrets-synced": () => secrets.hasSynced(),
     },
     live: { "queue-running": () => !queue.isShuttingDown() },
+    metrics: () => {
+      metrics.provenanceBacklog(recorder.backlog);
+      return metrics.render();
+    },
   });
   log.info("health endpoints listening", { addr: `${config.healthAddr.host}:${boundPort(health)}` });
 

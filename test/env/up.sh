@@ -188,7 +188,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --service-account-signing-key-file "$pki/sa.key" \
   --api-audiences https://kubernetes.default.svc \
   --max-requests-inflight 800 --max-mutating-requests-inflight 400 \
-  --profiling=false --v=1
+  --profiling=true --v=1
 api_ready() {
   curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$server/readyz" | grep -qx ok
 }

@@ -14,7 +14,6 @@ import { readTopic } from "../support/kafka.ts";
 import { installCustody, type OperatorProcess, startOperator } from "../support/operator-process.ts";
 
 const env = inject("localEnv");
-const repo = join(import.meta.dirname, "..", "..");
 const suffix = randomUUID().slice(0, 6);
 const ns = `issue-${suffix}`;
 const opNs = `custody-${suffix}`;

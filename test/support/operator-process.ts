@@ -8,6 +8,13 @@ import { eventually } from "./eventually.ts";
 
 const repo = join(import.meta.dirname, "..", "..");
 
+/**
+ * Node flags the operator runs with in production (the chart's NODE_OPTIONS):
+ * a small young generation and a capped old space make V8 collect before it
+ * grows the heap, which keeps RSS near the live set (docs/operations.md).
+ */
+export const OPERATOR_NODE_FLAGS = "--max-semi-space-size=1 --max-old-space-size=160";
+
 export interface OperatorProcess {
   readonly child: ChildProcess;
   readonly healthPort: number;

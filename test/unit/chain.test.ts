@@ -438,6 +438,10 @@ function distinct(grants: Grant[]): string[] {
 
 const MINUTE = 60_000;
 
+// Shrinking a generated tree can take minutes; a failure is still reported
+// (with the smallest counterexample found so far) after this budget.
+const PROPERTY_PARAMS = { interruptAfterTimeLimit: 4_000, markInterruptAsFailure: true };
+
 /**
  * A random tree of Issued tasks, each child narrower than its parent in
  * scope, ttl and deadline. Node 0 is the root; depth at most 5.
@@ -507,6 +511,7 @@ describe("evaluateChain: properties", () => {
           }
         }
       }),
+      PROPERTY_PARAMS,
     );
   });
 
@@ -526,6 +531,7 @@ describe("evaluateChain: properties", () => {
         expect(r).toMatchObject({ kind: "deny", reason: "ScopeEscalation", field: `spec.scope[${index}]` });
         expect(r.message).toContain(JSON.stringify(text));
       }),
+      PROPERTY_PARAMS,
     );
   });
 
@@ -543,6 +549,7 @@ describe("evaluateChain: properties", () => {
           field: "spec.ttl",
         });
       }),
+      PROPERTY_PARAMS,
     );
   });
 });

@@ -240,7 +240,7 @@ describe("the generated AgentTask CRD", () => {
       ["PHASE", "string", ".status.phase", 0],
       ["DELEGATOR", "string", ".status.delegator.name", 0],
       ["SPIFFE-ID", "string", ".status.spiffeID", 0],
-      ["EXPIRES", "date", ".status.certificate.notAfter", 0],
+      ["EXPIRES", "string", ".status.certificate.notAfter", 0],
       ["AGE", "date", ".metadata.creationTimestamp", 0],
       ["SCOPE", "string", ".spec.scope", 1],
       ["PARENT", "string", ".spec.parentRef.name", 1],
