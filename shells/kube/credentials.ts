@@ -21,6 +21,8 @@ export interface ClusterCredentials {
   token(): string | undefined;
   /** Where the credentials came from, for logs. */
   readonly source: string;
+  /** The context's default namespace, if it sets one. */
+  readonly namespace?: string | undefined;
 }
 
 const IN_CLUSTER_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -29,7 +31,7 @@ interface KubeconfigFile {
   "current-context"?: string;
   clusters?: Array<{ name: string; cluster: Record<string, unknown> }>;
   users?: Array<{ name: string; user: Record<string, unknown> }>;
-  contexts?: Array<{ name: string; context: { cluster: string; user: string } }>;
+  contexts?: Array<{ name: string; context: { cluster: string; user: string; namespace?: string } }>;
 }
 
 export function loadClusterCredentials(
@@ -53,6 +55,9 @@ function inCluster(): ClusterCredentials {
     insecureSkipTlsVerify: false,
     token: rereading(join(IN_CLUSTER_DIR, "token")),
     source: "in-cluster service account",
+    namespace: existsSync(join(IN_CLUSTER_DIR, "namespace"))
+      ? readFileSync(join(IN_CLUSTER_DIR, "namespace"), "utf8").trim()
+      : undefined,
   };
 }
 
@@ -93,6 +98,7 @@ function fromKubeconfig(path: string, contextName?: string): ClusterCredentials 
       ? rereading(isAbsolute(tokenFile) ? tokenFile : join(base, tokenFile))
       : () => staticToken,
     source: `kubeconfig ${path} (context ${name})`,
+    namespace: context.namespace,
   };
 }
 

@@ -57,6 +57,22 @@ const task = (name: string, spec: Record<string, unknown>) => ({
   },
 });
 
+/** Creates a task; a CRD installed moments ago can still answer 503 for a short while. */
+async function createTask(body: unknown): Promise<void> {
+  await eventually(
+    () =>
+      custom
+        .createNamespacedCustomObject({ group, version, namespace: ns, plural, body })
+        .catch((e: { code?: number }) => {
+          if (e.code === 503) throw e;
+          return Promise.reject(Object.assign(new Error("not retryable"), { cause: e, final: true }));
+        }),
+    { timeoutMs: 20_000, intervalMs: 200 },
+  ).catch((e: { final?: boolean; cause?: unknown }) => {
+    throw e.final ? e.cause : e;
+  });
+}
+
 async function getTask(name: string): Promise<TaskObj> {
   return (await custom.getNamespacedCustomObject({ group, version, namespace: ns, plural, name })) as TaskObj;
 }
@@ -91,13 +107,7 @@ afterAll(async () => {
 
 describe("issuance", () => {
   it("issues a SPIFFE X.509-SVID that chains to the published bundle and carries the delegation", async () => {
-    await custom.createNamespacedCustomObject({
-      group,
-      version,
-      namespace: ns,
-      plural,
-      body: task("review-pr", {}),
-    });
+    await createTask(task("review-pr", {}));
     const t = await waitPhase("review-pr", "Issued");
     const spiffeId = `spiffe://custody.local/ns/${ns}/agent/reviewer/task/review-pr`;
     expect(t.status?.spiffeID).toBe(spiffeId);
@@ -175,13 +185,7 @@ describe("issuance", () => {
   });
 
   it("renews when the renewal time passes, replacing the Secret's contents in one write", async () => {
-    await custom.createNamespacedCustomObject({
-      group,
-      version,
-      namespace: ns,
-      plural,
-      body: task("renew-me", { ttl: "5m" }),
-    });
+    await createTask(task("renew-me", { ttl: "5m" }));
     const first = await waitPhase("renew-me", "Issued");
     const cert = first.status!.certificate!;
     const lifetime = Date.parse(cert.notAfter) - Date.now();
@@ -231,13 +235,7 @@ describe("issuance", () => {
   });
 
   it("re-issues when the credential Secret is deleted by someone", async () => {
-    await custom.createNamespacedCustomObject({
-      group,
-      version,
-      namespace: ns,
-      plural,
-      body: task("self-heal", {}),
-    });
+    await createTask(task("self-heal", {}));
     const t = await waitPhase("self-heal", "Issued");
     await core.deleteNamespacedSecret({ name: t.status!.certificate!.secretName, namespace: ns });
     await eventually(async () => {
@@ -248,13 +246,7 @@ describe("issuance", () => {
   });
 
   it("deleting a task removes its credential through the finalizer", async () => {
-    await custom.createNamespacedCustomObject({
-      group,
-      version,
-      namespace: ns,
-      plural,
-      body: task("short-lived", {}),
-    });
+    await createTask(task("short-lived", {}));
     const t = await waitPhase("short-lived", "Issued");
     await custom.deleteNamespacedCustomObject({ group, version, namespace: ns, plural, name: "short-lived" });
     await eventually(async () => {
@@ -274,13 +266,7 @@ describe("issuance", () => {
   });
 
   it("denies a task whose deadline is already past, naming the field", async () => {
-    await custom.createNamespacedCustomObject({
-      group,
-      version,
-      namespace: ns,
-      plural,
-      body: task("too-late", { deadline: "2020-01-01T00:00:00Z" }),
-    });
+    await createTask(task("too-late", { deadline: "2020-01-01T00:00:00Z" }));
     const t = await waitPhase("too-late", "Denied");
     const ready = t.status?.conditions?.find((c) => c.type === "Ready");
     expect(ready?.reason).toBe("DeadlinePassed");
@@ -319,6 +305,48 @@ describe("kubectl", () => {
     const described = kubectl("describe", "at", "review-pr", "-n", ns);
     expect(described).toContain("Delegation Chain");
     expect(described).toContain("Conditions");
+  });
+});
+
+describe("the CLI", () => {
+  it("`custody status` and the kubectl plugin show the task's phase and identity", async () => {
+    await waitPhase("review-pr", "Issued");
+    const bin = join(import.meta.dirname, "..", "..", "bin");
+    const childEnv = {
+      ...process.env,
+      KUBECONFIG: env.kubeconfig,
+      PATH: `${env.binDir}:${bin}:${process.env.PATH}`,
+    };
+    const json = JSON.parse(
+      execFileSync(join(bin, "custody"), ["status", "review-pr", "-n", ns, "-o", "json"], {
+        env: childEnv,
+      }).toString(),
+    ) as Array<{ name: string; phase: string; spiffeID: string; delegator: string }>;
+    expect(json).toEqual([
+      expect.objectContaining({
+        name: "review-pr",
+        phase: "Issued",
+        delegator: "alice",
+        spiffeID: `spiffe://custody.local/ns/${ns}/agent/reviewer/task/review-pr`,
+      }),
+    ]);
+    // kubectl finds the plugin on PATH as `kubectl custody`.
+    const table = execFileSync(join(env.binDir, "kubectl"), ["custody", "status", "-n", ns], {
+      env: childEnv,
+    }).toString();
+    expect(table.split("\n")[0]).toMatch(/^NAMESPACE\s+NAME\s+PHASE/);
+    expect(table).toMatch(/review-pr\s+Issued\s+alice/);
+    // Bad flags are refused with the flag named and exit code 2.
+    let code = 0;
+    let stderr = "";
+    try {
+      execFileSync(join(bin, "custody"), ["status", "-o", "yaml"], { env: childEnv, stdio: "pipe" });
+    } catch (e) {
+      code = (e as { status: number }).status;
+      stderr = String((e as { stderr: Buffer }).stderr);
+    }
+    expect(code).toBe(2);
+    expect(stderr).toContain("-o: must be table or json");
   });
 });
 
