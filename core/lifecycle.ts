@@ -48,8 +48,9 @@ export function decide(task: AgentTask, credential: CredentialObservation, now: 
 
   const generation = task.metadata.generation ?? 0;
   // A task denied for an older generation is looked at again; one denied for
-  // this generation stays denied until its spec changes.
-  if (status?.phase === "Denied" || status?.phase === "Failed") {
+  // this generation stays denied until its spec changes. (Failed is the
+  // operator's own failure, e.g. an expired CA: it is retried.)
+  if (status?.phase === "Denied") {
     if (status.observedGeneration === generation) return { kind: "done" };
   }
 

@@ -2,7 +2,14 @@
 // Several replicas may start at once: creation is a create-if-absent, and the
 // loser of the race loads the winner's CA.
 import { randomBytes } from "node:crypto";
-import { type CertificateAuthority, generateCa, loadCa, serialFromRandom } from "../core/x509/index.ts";
+import {
+  type CertificateAuthority,
+  certificatesFromPem,
+  generateCa,
+  loadCa,
+  serialFromRandom,
+  toPem,
+} from "../core/x509/index.ts";
 import { isAlreadyExists, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
 import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, secretPath } from "./resources.ts";
@@ -19,6 +26,26 @@ const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64");
 const unb64 = (s: string | undefined) =>
   s === undefined ? undefined : Buffer.from(s, "base64").toString("utf8");
 
+export interface CaMaterial {
+  readonly ca: CertificateAuthority;
+  /**
+   * Every root workloads must trust: the CA's own roots plus the Secret's
+   * optional `bundle.crt` (extra trust anchors, e.g. the next or the previous
+   * CA during a rotation), without duplicates.
+   */
+  readonly trustAnchorsDer: readonly Uint8Array[];
+  readonly trustAnchorsPem: string;
+}
+
+function withAnchors(ca: CertificateAuthority, extraPem: string | undefined): CaMaterial {
+  const all: Uint8Array[] = [];
+  const extra = extraPem ? certificatesFromPem(extraPem, "bundle.crt") : [];
+  for (const der of [...ca.bundleDer, ...extra]) {
+    if (!all.some((d) => Buffer.compare(Buffer.from(d), Buffer.from(der)) === 0)) all.push(der);
+  }
+  return { ca, trustAnchorsDer: all, trustAnchorsPem: all.map((d) => toPem("CERTIFICATE", d)).join("") };
+}
+
 export async function loadOrCreateCa(args: {
   rest: KubeRest;
   namespace: string;
@@ -26,7 +53,7 @@ export async function loadOrCreateCa(args: {
   trustDomain: string;
   log: Logger;
   now?: () => Date;
-}): Promise<CertificateAuthority> {
+}): Promise<CaMaterial> {
   const { rest, namespace, secretName, log } = args;
   const path = secretPath(namespace, secretName);
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -52,7 +79,7 @@ export async function loadOrCreateCa(args: {
         );
       }
       log.info("CA loaded", { object: `${namespace}/${secretName}`, notAfter: ca.notAfter.toISOString() });
-      return ca;
+      return withAnchors(ca, unb64(secret.data?.["bundle.crt"]));
     }
     const generated = generateCa({
       trustDomain: args.trustDomain,
@@ -81,7 +108,7 @@ export async function loadOrCreateCa(args: {
         object: `${namespace}/${secretName}`,
         notAfter: generated.ca.notAfter.toISOString(),
       });
-      return generated.ca;
+      return withAnchors(generated.ca, undefined);
     } catch (err) {
       // Another replica created it first: load theirs.
       if (!isAlreadyExists(err)) throw err;

@@ -16,11 +16,20 @@ import { loadOperatorConfig } from "./config.ts";
 import { boundPort, serveHealth } from "./health.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
 import { createKafkaRecorder, loadOrCreateSigningKey } from "./provenance.ts";
-import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SERIAL_ANNOTATION, TASK_LABEL } from "./resources.ts";
+import {
+  COMPONENT_LABEL,
+  credentialSecretName,
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  SERIAL_ANNOTATION,
+  TASK_LABEL,
+} from "./resources.ts";
 import { CredentialIndex, createTaskReconciler } from "./task-reconciler.ts";
 import { CONTENT_HASH_ANNOTATION, TrustBundlePublisher } from "./trust-bundle.ts";
 
 interface SecretMeta {
+  /** The Secret's controller ownerReference names the AgentTask of its label. */
+  ownedByTask?: boolean;
   metadata: {
     name: string;
     namespace: string;
@@ -43,7 +52,7 @@ async function main(): Promise<void> {
     cluster: credentials.source,
   });
 
-  const ca = await loadOrCreateCa({
+  const { ca, trustAnchorsDer, trustAnchorsPem } = await loadOrCreateCa({
     rest,
     namespace: config.namespace,
     secretName: config.caSecretName,
@@ -63,9 +72,9 @@ async function main(): Promise<void> {
   });
 
   const bundles = new TrustBundlePublisher(rest, log.child("trust-bundle"), {
-    "ca.crt": ca.bundlePem,
+    "ca.crt": trustAnchorsPem,
     "bundle.spiffe": spiffeBundleJson(
-      ca.bundleDer.map((der) => ({
+      trustAnchorsDer.map((der) => ({
         der,
         publicKey: new X509Certificate(der).publicKey,
       })),
@@ -88,6 +97,15 @@ async function main(): Promise<void> {
     listWatch: restListWatch(rest, "/api/v1/secrets"),
     labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY},${TASK_LABEL}`,
     transform: (s) => ({
+      ownedByTask:
+        s.ownedByTask ??
+        (
+          (s.metadata as { ownerReferences?: Array<{ kind: string; name: string; controller?: boolean }> })
+            .ownerReferences ?? []
+        ).some(
+          (o) =>
+            o.controller === true && o.kind === "AgentTask" && o.name === s.metadata.labels?.[TASK_LABEL],
+        ),
       metadata: {
         name: s.metadata.name,
         namespace: s.metadata.namespace,
@@ -123,6 +141,7 @@ async function main(): Promise<void> {
     },
     credentials: credentialIndex,
     ca: () => ca,
+    trustAnchorsPem,
     recorder,
     events,
     bundles,
@@ -152,7 +171,14 @@ async function main(): Promise<void> {
   };
   const observeSecret = (s: SecretMeta) => {
     const key = taskKeyOfSecret(s);
-    if (!key) return;
+    // Only the Secret Custody names and owns counts: a look-alike labelled by
+    // someone else must not tell the operator a credential exists.
+    if (
+      !key ||
+      s.metadata.name !== credentialSecretName(s.metadata.labels?.[TASK_LABEL] ?? "") ||
+      !s.ownedByTask
+    )
+      return;
     const serial = s.metadata.annotations?.[SERIAL_ANNOTATION];
     credentialIndex.set(key, serial || undefined);
     return key;
@@ -207,15 +233,58 @@ async function main(): Promise<void> {
   secrets.start();
   bundleMaps.start();
   await Promise.all([secrets.waitForSync(), bundleMaps.waitForSync()]);
-  tasks.onAdd((t) => queue.add(objectKey(t)));
-  tasks.onUpdate((_o, t) => {
+  // parent → children, so that a change to a task reaches its whole subtree
+  // at once (a revoked root revokes 1,000 descendants in one pass, not one
+  // level per round trip).
+  const children = new Map<string, Set<string>>();
+  const link = (t: CompactTask, add: boolean) => {
+    if (!t.parent) return;
+    const parentKey = `${t.metadata.namespace}/${t.parent}`;
     const key = objectKey(t);
+    const set = children.get(parentKey);
+    if (add) {
+      if (set) set.add(key);
+      else children.set(parentKey, new Set([key]));
+    } else if (set) {
+      set.delete(key);
+      if (set.size === 0) children.delete(parentKey);
+    }
+  };
+  const enqueueDescendants = (key: string) => {
+    const seen = new Set<string>([key]);
+    const pending = [key];
+    while (pending.length > 0) {
+      for (const child of children.get(pending.pop()!) ?? []) {
+        if (seen.has(child)) continue;
+        seen.add(child);
+        queue.add(child);
+        pending.push(child);
+      }
+    }
+  };
+  tasks.onAdd((t) => {
+    link(t, true);
+    queue.add(objectKey(t));
+  });
+  tasks.onUpdate((old, t) => {
+    const key = objectKey(t);
+    if (old.parent !== t.parent) link(old, false);
+    link(t, true);
     reconciler.observed(key, t.metadata.resourceVersion);
     queue.add(key);
+    if (old.state !== t.state) enqueueDescendants(key);
   });
-  tasks.onDelete((t) => queue.add(objectKey(t)));
+  tasks.onDelete((t) => {
+    const key = objectKey(t);
+    link(t, false);
+    queue.add(key);
+    enqueueDescendants(key);
+  });
   tasks.start();
   await tasks.waitForSync();
+  // Bundles may be stale (a new CA or anchor since the last run) or missing
+  // (deleted while the operator was down): settle every namespace now.
+  for (const ns of new Set(tasks.list().map((t) => t.metadata.namespace))) void ensureBundle(ns);
   log.info("caches synced; reconciling", {
     tasks: tasks.size,
     credentialSecrets: credentialIndex.size,
@@ -240,6 +309,10 @@ async function main(): Promise<void> {
 
 interface CompactTask {
   metadata: { name: string; namespace: string; resourceVersion?: string };
+  /** spec.parentRef.name, for the parent → children index. */
+  parent?: string;
+  /** What children's chain rules read of this task: phase, generation, revocation, deletion. */
+  state: string;
   /** The slimmed task as JSON text. */
   json: string;
 }
@@ -269,12 +342,15 @@ function compactTask(t: AgentTask | CompactTask): CompactTask {
     spec: t.spec,
     ...(t.status ? { status: t.status } : {}),
   };
+  const parent = t.spec?.parentRef?.name;
   return {
     metadata: {
       name: m.name,
       namespace: m.namespace ?? "",
       ...(m.resourceVersion ? { resourceVersion: m.resourceVersion } : {}),
     },
+    ...(parent ? { parent } : {}),
+    state: `${t.status?.phase ?? ""}|${m.generation ?? 0}|${t.status?.observedGeneration ?? ""}|${t.spec?.revoked === true}|${m.deletionTimestamp ?? ""}`,
     json: JSON.stringify(slim),
   };
 }

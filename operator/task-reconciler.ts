@@ -9,8 +9,10 @@
 //
 // Nothing reaches a Secret before its provenance record is acknowledged.
 import { randomBytes, randomInt } from "node:crypto";
-import type { AgentTask, AgentTaskStatus, StatusDelegator } from "../core/api/v1alpha1.ts";
-import { delegationInfo, rootChain } from "../core/delegation.ts";
+import type { AgentTask, AgentTaskStatus, ChainLink, StatusDelegator } from "../core/api/v1alpha1.ts";
+import { type ChainAccepted, DEFAULT_MAX_DEPTH, evaluateChain } from "../core/chain.ts";
+import { chainDigest, delegationInfo, rootChain } from "../core/delegation.ts";
+import { ValidationError } from "../core/errors.ts";
 import { type Decision, decide, sameStatus, setCondition, validityWindow } from "../core/lifecycle.ts";
 import type { DelegationContext } from "../core/provenance/events.ts";
 import { buildTaskSpiffeId } from "../core/spiffe.ts";
@@ -20,6 +22,7 @@ import {
   type MintedSvid,
   mintSvid,
   serialFromRandom,
+  X509Error,
 } from "../core/x509/index.ts";
 import { isAlreadyExists, isConflict, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
@@ -52,11 +55,15 @@ export interface TaskReconcilerDeps {
   /** The serial of each task's credential Secret as last observed or written. */
   credentials: CredentialIndex;
   ca: () => CertificateAuthority;
+  /** Roots written as the Secret's ca.crt (the CA's roots plus extra anchors). */
+  trustAnchorsPem?: string;
   recorder: ProvenanceRecorder;
   events: TaskEventRecorder;
   bundles: TrustBundlePublisher;
   trustDomain: string;
   renewJitter: number;
+  /** Most AgentTask hops above a task (issue 5's cap; default 5). */
+  maxChainDepth?: number;
   log: Logger;
   metrics?: ReconcilerMetrics;
   now?: () => number;
@@ -156,23 +163,44 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
     const t = now();
     const decision: Decision = decide(task, { serial: deps.credentials.get(key) }, t);
+
+    // A sub-agent: the chain rules depend on the ancestors' current state,
+    // so they are checked on every pass that could keep or mint a credential.
+    let accepted: ChainAccepted | undefined;
+    if (task.spec?.parentRef?.name && (decision.kind === "issue" || decision.kind === "wait")) {
+      const result = evaluateChain(task, (n) => deps.getTask(`${ns}/${n}`), {
+        maxDepth: deps.maxChainDepth ?? DEFAULT_MAX_DEPTH,
+        now: t,
+      });
+      const holdsCredential = task.status?.phase === "Issued" || deps.credentials.get(key) !== undefined;
+      const deleted = deletedAncestor(task, (n) => deps.getTask(`${ns}/${n}`));
+      if (deleted && holdsCredential) {
+        return cascadeRevoke(task, key, deleted.reason, deleted.message, t);
+      }
+      if (!result.ok) {
+        if (result.kind === "deny" && holdsCredential && DEAD_ANCESTOR.test(result.reason)) {
+          return cascadeRevoke(task, key, result.reason, result.message, t);
+        }
+        if (result.kind === "deny") {
+          return denyTask(task, key, result.reason, result.message, t, "delegation");
+        }
+        // Waiting for an ancestor: a credential already issued stays until
+        // the ancestor settles; a new one is not minted.
+        if (task.status?.phase !== "Issued") {
+          await writeStatus(key, task, pendingStatus(task, result.reason, result.message, t));
+        }
+        return { requeueAfterMs: 30_000 };
+      }
+      accepted = result;
+    }
+
     switch (decision.kind) {
       case "done":
         return;
       case "wait":
         return { requeueAfterMs: Math.max(1000, decision.wakeAt - t) };
-      case "deny": {
-        await deleteCredential(task, key);
-        await writeStatus(key, task, deniedStatus(task, decision.reason, decision.message, t));
-        deps.events.emit(target(task), "Warning", decision.reason, "Deny", decision.message);
-        deps.metrics?.transition("denied", decision.reason);
-        await record("dev.custody.task.denied", task, {
-          stage: "issuance",
-          reason: decision.reason,
-          message: decision.message.slice(0, 1024),
-        });
-        return;
-      }
+      case "deny":
+        return denyTask(task, key, decision.reason, decision.message, t, "issuance");
       case "expire":
       case "revoke": {
         const serial = task.status?.certificate?.serial;
@@ -213,9 +241,10 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
     const ca = deps.ca();
     const spec = decision.spec;
-    const delegator = effectiveDelegator(task);
     const uid = task.metadata.uid ?? "";
-    const chain = rootChain(delegator, { name, uid }, spec.scope);
+    const delegator = accepted ? delegatorOfChain(accepted.chain, task) : effectiveDelegator(task);
+    const chain = accepted ? accepted.chain : rootChain(delegator, { name, uid }, spec.scope);
+    const deadline = accepted ? accepted.effectiveDeadline : spec.deadline;
     const spiffeId = buildTaskSpiffeId({
       trustDomain: deps.trustDomain,
       namespace: ns,
@@ -225,22 +254,36 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     const validity = validityWindow({
       now: t,
       ttlMs: decision.ttlMs,
-      deadline: spec.deadline,
+      deadline,
       caNotAfter: ca.notAfter.getTime(),
       jitter: deps.renewJitter,
       jitterUnit: randomInt(0, 1_000_000) / 1_000_000,
     });
     const keyPair = generateLeafKeyPair();
-    const info = delegationInfo({ taskUid: uid, delegator, spec, chain, policyVersion: "none" });
-    const svid: MintedSvid = mintSvid({
-      ca,
-      spiffeId,
-      subjectPublicKey: keyPair.publicKeySpki,
-      serial: serialFromRandom(randomBytes(16)),
-      notBefore: new Date(validity.notBefore),
-      notAfter: new Date(validity.notAfter),
-      delegation: info,
-    });
+    let info: ReturnType<typeof delegationInfo>;
+    let svid: MintedSvid;
+    try {
+      info = delegationInfo({ taskUid: uid, delegator, spec, chain, policyVersion: "none" });
+      svid = mintSvid({
+        ca,
+        spiffeId,
+        subjectPublicKey: keyPair.publicKeySpki,
+        serial: serialFromRandom(randomBytes(16)),
+        notBefore: new Date(validity.notBefore),
+        notAfter: new Date(validity.notAfter),
+        delegation: info,
+      });
+    } catch (err) {
+      // Bad input the schema let through, or a CA that cannot sign this
+      // lifetime (expired, expiring): no credential, phase Failed, the field
+      // named; looked at again later (a rotated CA heals it).
+      if (!(err instanceof X509Error) && !(err instanceof ValidationError)) throw err;
+      const message = `cannot mint: ${err.message}`;
+      await writeStatus(key, task, failedStatus(task, "MintFailed", message, t));
+      deps.events.emit(target(task), "Warning", "MintFailed", "Issue", message);
+      deps.metrics?.transition("failed", "MintFailed");
+      return { requeueAfterMs: 5 * 60_000 };
+    }
 
     // Provenance before the credential exists anywhere but in memory.
     const previousSerial = task.status?.certificate?.serial;
@@ -254,15 +297,9 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     const renewing =
       decision.why === "RenewalDue" && previousSerial !== undefined && task.status?.phase === "Issued";
     if (renewing) {
-      await record(
-        "dev.custody.task.renewed",
-        task,
-        { certificate, previousSerial },
-        chain,
-        info.chainDigest,
-      );
+      await record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain);
     } else {
-      await record("dev.custody.task.issued", task, { certificate }, chain, info.chainDigest);
+      await record("dev.custody.task.issued", task, { certificate }, chain);
     }
 
     await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId);
@@ -321,35 +358,28 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       renewing ? "Renew" : "Issue",
       `certificate ${svid.serialHex} for ${spiffeId} valid until ${certificate.notAfter}`,
     );
-    const wakeAt = Math.min(
-      validity.renewalTime,
-      spec.deadline ? Date.parse(spec.deadline) : Number.POSITIVE_INFINITY,
-    );
+    const wakeAt = Math.min(validity.renewalTime, deadline ? Date.parse(deadline) : Number.POSITIVE_INFINITY);
     return { requeueAfterMs: Math.max(1000, wakeAt - now()) };
   }
 
   // ---------------------------------------------------------------- helpers
 
-  function contextOf(task: AgentTask, chainDigestBytes?: Uint8Array): DelegationContext {
+  /** The delegation context of an event: the chain being issued, else the one in status. */
+  function contextOf(task: AgentTask, chain?: readonly ChainLink[]): DelegationContext {
     const uid = task.metadata.uid ?? "unknown";
-    const digest = chainDigestBytes
-      ? Buffer.from(chainDigestBytes).toString("hex")
-      : Buffer.from(
-          delegationInfo({
-            taskUid: uid,
-            delegator: effectiveDelegator(task),
-            spec: { ...task.spec, ttl: task.spec.ttl ?? "1h" },
-            chain: rootChain(effectiveDelegator(task), { name: task.metadata.name, uid }, scopeOf(task)),
-            policyVersion: "none",
-          }).chainDigest,
-        ).toString("hex");
+    const links =
+      chain ??
+      task.status?.delegationChain ??
+      rootChain(effectiveDelegator(task), { name: task.metadata.name, uid }, scopeOf(task));
+    const taskUids = links.filter((l) => l.kind === "AgentTask").map((l) => l.uid || "unknown");
+    const chainUids = taskUids.length > 0 && taskUids[taskUids.length - 1] === uid ? taskUids : [uid];
     return {
       taskUid: uid,
       namespace: task.metadata.namespace ?? "",
       name: task.metadata.name,
-      chainUids: [uid],
-      rootUid: uid,
-      contextDigest: digest,
+      chainUids,
+      rootUid: chainUids[0]!,
+      contextDigest: chainDigest(links).toString("hex"),
     };
   }
 
@@ -357,12 +387,47 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     type: Parameters<ProvenanceRecorder["record"]>[0],
     task: AgentTask,
     data: Record<string, unknown>,
-    _chain?: unknown,
-    chainDigestBytes?: Uint8Array,
+    chain?: readonly ChainLink[],
   ): Promise<void> {
-    const context = contextOf(task, chainDigestBytes);
+    const context = contextOf(task, chain);
     const subject = task.status?.spiffeID ?? `${context.namespace}/${context.name}`;
     await deps.recorder.record(type, subject, { context, ...data } as never, context.rootUid);
+  }
+
+  async function denyTask(
+    task: AgentTask,
+    key: string,
+    reason: string,
+    message: string,
+    t: number,
+    stage: "issuance" | "delegation",
+  ): Promise<HandlerResult> {
+    await deleteCredential(task, key);
+    await record("dev.custody.task.denied", task, { stage, reason, message: message.slice(0, 1024) });
+    await writeStatus(key, task, deniedStatus(task, reason, message, t));
+    deps.events.emit(target(task), "Warning", reason, "Deny", message);
+    deps.metrics?.transition("denied", reason);
+  }
+
+  /** An ancestor was revoked, expired, deleted or replaced: this task's credential goes too. */
+  async function cascadeRevoke(
+    task: AgentTask,
+    key: string,
+    reason: string,
+    message: string,
+    t: number,
+  ): Promise<HandlerResult> {
+    const serial = task.status?.certificate?.serial;
+    await deleteCredential(task, key);
+    const ancestorUid = deadAncestorUid(task, (n) => deps.getTask(`${task.metadata.namespace ?? ""}/${n}`));
+    await record("dev.custody.task.revoked", task, {
+      serials: serial ? [serial] : [],
+      reason: message.slice(0, 1024),
+      ...(ancestorUid ? { cascadeFromUid: ancestorUid } : {}),
+    });
+    await writeStatus(key, task, terminalStatus(task, "Revoked", reason, message, t));
+    deps.events.emit(target(task), "Warning", reason, "Revoke", message);
+    deps.metrics?.transition("revoked", reason);
   }
 
   async function addFinalizer(task: AgentTask, key: string): Promise<AgentTask> {
@@ -437,7 +502,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       data: {
         "tls.crt": Buffer.from(svid.chainPem).toString("base64"),
         "tls.key": Buffer.from(privateKeyPem).toString("base64"),
-        "ca.crt": Buffer.from(ca.bundlePem).toString("base64"),
+        "ca.crt": Buffer.from(deps.trustAnchorsPem ?? ca.bundlePem).toString("base64"),
         "spiffe-id": Buffer.from(spiffeId).toString("base64"),
       },
     };
@@ -499,6 +564,98 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
 // ---------------------------------------------------------------- status builders
 
+/** Chain refusals that mean an ancestor is gone for good: a credential below it is revoked. */
+const DEAD_ANCESTOR = /^(Parent|Ancestor)(Revoked|Expired|Denied|Failed)$|^AncestorReplaced$/;
+
+/** The first ancestor (walking up) that is revoked, expired, denied, failed or being deleted. */
+function deadAncestorUid(
+  task: AgentTask,
+  lookup: (name: string) => AgentTask | undefined,
+): string | undefined {
+  let current = task;
+  for (let hops = 0; hops < 32; hops++) {
+    const parentName = current.spec?.parentRef?.name;
+    if (!parentName) return undefined;
+    const parent = lookup(parentName);
+    if (!parent) return undefined;
+    const phase = parent.status?.phase;
+    const deleting = (parent.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined;
+    if (deleting || parent.spec?.revoked === true || (phase && phase !== "Issued" && phase !== "Pending")) {
+      return parent.metadata.uid;
+    }
+    current = parent;
+  }
+  return undefined;
+}
+
+/**
+ * An ancestor that is being deleted or is gone although this task was issued
+ * under it: deleting a task revokes its whole subtree.
+ */
+function deletedAncestor(
+  task: AgentTask,
+  lookup: (name: string) => AgentTask | undefined,
+): { reason: string; message: string } | undefined {
+  let current = task;
+  for (let hops = 0; hops < 32; hops++) {
+    const parentName = current.spec?.parentRef?.name;
+    if (!parentName) return undefined;
+    const parent = lookup(parentName);
+    const who = hops === 0 ? "Parent" : "Ancestor";
+    if (!parent || (parent.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined) {
+      return {
+        reason: `${who}Deleted`,
+        message: `spec.parentRef.name: ${who.toLowerCase()} AgentTask "${parentName}" was deleted; its subtree is revoked`,
+      };
+    }
+    current = parent;
+  }
+  return undefined;
+}
+
+/** The delegating principal at the root of an accepted chain. */
+function delegatorOfChain(chain: readonly ChainLink[], task: AgentTask): StatusDelegator {
+  const root = chain[0];
+  if (!root || root.kind === "AgentTask") return effectiveDelegator(task);
+  return { kind: root.kind, name: root.name, ...(root.uid ? { uid: root.uid } : {}) };
+}
+
+function failedStatus(task: AgentTask, reason: string, message: string, t: number): AgentTaskStatus {
+  const nowIso = new Date(t).toISOString();
+  const generation = task.metadata.generation ?? 0;
+  let conditions = setCondition(
+    task.status?.conditions,
+    {
+      type: "Ready",
+      status: task.status?.phase === "Issued" ? "True" : "False",
+      reason,
+      message,
+      observedGeneration: generation,
+    },
+    nowIso,
+  );
+  conditions = setCondition(
+    conditions,
+    { type: "Issuing", status: "False", reason, message, observedGeneration: generation },
+    nowIso,
+  );
+  // A task that still holds a valid certificate keeps it and its phase; the
+  // condition says renewal failed.
+  if (task.status?.phase === "Issued") return { ...task.status, conditions };
+  return { phase: "Failed", observedGeneration: generation, conditions };
+}
+
+function pendingStatus(task: AgentTask, reason: string, message: string, t: number): AgentTaskStatus {
+  const nowIso = new Date(t).toISOString();
+  const generation = task.metadata.generation ?? 0;
+  const conditions = setCondition(
+    task.status?.conditions,
+    { type: "Ready", status: "False", reason, message, observedGeneration: generation },
+    nowIso,
+  );
+  return { ...(task.status ?? {}), phase: "Pending", observedGeneration: generation, conditions };
+}
+
 function scopeOf(task: AgentTask): string[] {
   return Array.isArray(task.spec?.scope) ? task.spec.scope.filter((s) => typeof s === "string") : [];
 }
@@ -513,15 +670,20 @@ function target(task: AgentTask) {
 }
 
 /**
- * The delegator bound into the credential. Until admission proves it (the
- * admission issue), this is the declared spec.delegator, and the
- * DelegatorProven condition says so.
+ * Until admission proves who delegated (the admission issue), the operator
+ * knows only what the spec claims. A claim must never read as a fact in a
+ * CA-signed certificate, so the name carries the `unproven:` marker
+ * everywhere it appears (certificate extension, status, chain, events).
  */
+export const UNPROVEN_PREFIX = "unproven:";
+
 function effectiveDelegator(task: AgentTask): StatusDelegator {
   const d = task.spec?.delegator;
-  if (d)
-    return { kind: d.kind, name: d.namespace ? `system:serviceaccount:${d.namespace}:${d.name}` : d.name };
-  return { kind: "User", name: "unknown" };
+  if (d) {
+    const name = d.namespace ? `system:serviceaccount:${d.namespace}:${d.name}` : d.name;
+    return { kind: d.kind, name: `${UNPROVEN_PREFIX}${name}` };
+  }
+  return { kind: "User", name: `${UNPROVEN_PREFIX}requester` };
 }
 
 function delegatorCondition(task: AgentTask) {
@@ -530,8 +692,8 @@ function delegatorCondition(task: AgentTask) {
     status: "False" as const,
     reason: task.spec?.delegator ? "Declared" : "RequesterUnknown",
     message:
-      "no admission record proves the delegator: the delegator is as declared in spec.delegator " +
-      "(admission-time proof is not enabled in this build)",
+      "no admission record proves the delegator, so it is recorded as a claim (unproven:<name>) " +
+      "in the status, the certificate and provenance; admission-time proof arrives with the admission webhook",
     observedGeneration: task.metadata.generation ?? 0,
   };
 }

@@ -17,7 +17,7 @@ import { X509Error } from "./errors.ts";
  *
  *   Principal ::= SEQUENCE {
  *     kind  UTF8String -- "user" | "group" | "serviceaccount" | "workflow" | "agent"
- *     name  UTF8String (SIZE(1..256)),
+ *     name  UTF8String (SIZE(1..640)),
  *     uid   UTF8String (SIZE(1..128)) OPTIONAL }
  */
 
@@ -50,7 +50,8 @@ export interface DelegationInfo {
 
 export const LIMITS = {
   taskUid: 128,
-  principalName: 256,
+  // Room for `system:serviceaccount:<ns>:<name>` of the longest names the API accepts.
+  principalName: 640,
   principalUid: 128,
   grant: 256,
   scopeGrants: 64,

@@ -17,7 +17,22 @@ if [[ -f "$cache/.complete" ]]; then
   exit 0
 fi
 mkdir -p "$bin" "$cache/kafka"
+# One builder at a time per cache (a developer's make up beside a CI run).
+exec 9>"$cache.lock"
+flock 9
+if [[ -f "$cache/.complete" ]]; then
+  echo "$cache"
+  exit 0
+fi
 start=$(date +%s)
+
+# versions.env must agree with the module graph that really pins the build.
+pinned_k8s="$(cd "$here/tools" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
+pinned_etcd="$(cd "$here/tools" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
+if [[ "$pinned_k8s" != "$K8S_VERSION" || "$pinned_etcd" != "$ETCD_VERSION" ]]; then
+  log "versions.env (K8S_VERSION=$K8S_VERSION ETCD_VERSION=$ETCD_VERSION) disagrees with tools/go.mod ($pinned_k8s, $pinned_etcd): change both (README: Pinned versions)"
+  exit 1
+fi
 
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${K8S_VERSION} -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor} -X k8s.io/component-base/version.gitTreeState=clean"

@@ -4,7 +4,7 @@
 // CUSTODY_TEST_ENV_DIR pointing at an environment that is already up (for
 // example `.local/env` after `make up`), that one is reused and left running.
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { TestProject } from "vitest/node";
@@ -32,7 +32,9 @@ export default function setup(project: TestProject): () => void {
   process.env.CUSTODY_ENV_DIR = env.stateDir;
   project.provide("localEnv", env);
   return () => {
-    if (owned) execFileSync(join(here, "down.sh"), [stateDir], { stdio: "inherit" });
+    if (!owned) return;
+    execFileSync(join(here, "down.sh"), [stateDir], { stdio: "inherit" });
+    rmSync(stateDir, { recursive: true, force: true });
   };
 }
 

@@ -14,6 +14,13 @@ state="${1:-$repo/.local/env}"
 envfile="${2:-$repo/.local/env.sh}"
 log() { echo "[custody-env] $*" >&2; }
 t0=$(date +%s%N)
+umask 077  # keys and kubeconfigs (the admin's is system:masters) are for this user only
+
+for tool in go java mvn openssl curl setsid python3; do
+  command -v "$tool" >/dev/null 2>&1 || { log "missing required tool: $tool"; exit 1; }
+done
+node_bin="$repo/node_modules/.bin/node"
+[[ -x "$node_bin" ]] || { log "run 'npm ci' first (the project's Node 24 is missing)"; exit 1; }
 
 if [[ -f "$state/env.json" ]] && "$here/status.sh" "$state" >/dev/null 2>&1; then
   log "already up (state in $state); 'make down' stops it"
@@ -26,6 +33,8 @@ bin="$cache/bin"
 rm -rf "$state"
 mkdir -p "$state"/{pki,pids,logs,etcd,kafka-data}
 state="$(cd "$state" && pwd)"
+# Whatever fails from here on, leave no process behind.
+trap '"$here/down.sh" "$state" >/dev/null 2>&1 || true' ERR
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -212,8 +221,6 @@ sa_ready() {
 wait_for "kube-controller-manager (default service account)" 90 sa_ready
 
 # ---------------------------------------------------------------- Kafka readiness
-node_bin="$repo/node_modules/.bin/node"
-[[ -x "$node_bin" ]] || { log "run 'npm ci' first (the project's Node 24 is missing)"; exit 1; }
 kafka_ready() { "$node_bin" "$here/kafka-ready.ts" "127.0.0.1:$KAFKA_PORT"; }
 wait_for "Kafka metadata" 90 kafka_ready
 

@@ -156,7 +156,8 @@ describe("issuance", () => {
     expect(ext?.critical).toBe(false);
     const info = decodeDelegationExtension(new Uint8Array(ext!.value));
     expect(info.taskUid).toBe(t.metadata.uid);
-    expect(info.delegator).toMatchObject({ kind: "user", name: "alice" });
+    // Declared but not proven (admission proof is a later issue): marked as a claim.
+    expect(info.delegator).toMatchObject({ kind: "user", name: "unproven:alice" });
     expect(info.scope).toEqual(["read:repos/acme/*", "comment:repos/acme/api"]);
     expect(t.status?.delegationChain?.map((l) => l.kind)).toEqual(["User", "AgentTask"]);
 
@@ -256,6 +257,25 @@ describe("issuance", () => {
       );
       expect(gone).toBe(true);
     });
+    // The finalizer (not only garbage collection) ran: the revocation and the
+    // deletion are in the provenance stream with the serial.
+    const serial = t.status!.certificate!.serial;
+    const events = (
+      await readTopic(env.kafkaBrokers, topic, (rs) =>
+        rs.some((r) => r.value.includes("dev.custody.task.deleted") && r.value.includes(t.metadata.uid)),
+      )
+    )
+      .map(
+        (r) =>
+          JSON.parse(r.value) as { type: string; data: { context: { taskUid: string }; serials?: string[] } },
+      )
+      .filter((e) => e.data.context.taskUid === t.metadata.uid);
+    expect(events.map((e) => e.type)).toEqual([
+      "dev.custody.task.issued",
+      "dev.custody.task.revoked",
+      "dev.custody.task.deleted",
+    ]);
+    expect(events[1]?.data.serials).toEqual([serial]);
     const secretGone = await core
       .readNamespacedSecret({ name: t.status!.certificate!.secretName, namespace: ns })
       .then(
@@ -286,7 +306,7 @@ describe("kubectl", () => {
     const [header, row] = table.trim().split("\n");
     expect(header?.split(/\s+/)).toEqual(["NAME", "PHASE", "DELEGATOR", "SPIFFE-ID", "EXPIRES", "AGE"]);
     expect(row).toContain("Issued");
-    expect(row).toContain("alice");
+    expect(row).toContain("unproven:alice");
     expect(row).toContain(`spiffe://custody.local/ns/${ns}/agent/reviewer/task/review-pr`);
     expect(row).toMatch(/\d{4}-\d{2}-\d{2}T/);
     const wide = kubectl("get", "agenttasks.custody.dev", "review-pr", "-n", ns, "-o", "wide");
@@ -326,7 +346,7 @@ describe("the CLI", () => {
       expect.objectContaining({
         name: "review-pr",
         phase: "Issued",
-        delegator: "alice",
+        delegator: "unproven:alice",
         spiffeID: `spiffe://custody.local/ns/${ns}/agent/reviewer/task/review-pr`,
       }),
     ]);
@@ -335,7 +355,7 @@ describe("the CLI", () => {
       env: childEnv,
     }).toString();
     expect(table.split("\n")[0]).toMatch(/^NAMESPACE\s+NAME\s+PHASE/);
-    expect(table).toMatch(/review-pr\s+Issued\s+alice/);
+    expect(table).toMatch(/review-pr\s+Issued\s+unproven:alice/);
     // Bad flags are refused with the flag named and exit code 2.
     let code = 0;
     let stderr = "";

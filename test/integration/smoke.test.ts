@@ -3,6 +3,7 @@
 // objects, service-account tokens are bound to pods, and Kafka acknowledges
 // with acks=all through an idempotent producer.
 import { randomUUID } from "node:crypto";
+import { join } from "node:path";
 import {
   ApiextensionsV1Api,
   AuthenticationV1Api,
@@ -36,7 +37,10 @@ describe("kube-apiserver", () => {
     const res = await fetchAsAdmin("/readyz");
     expect(res).toBe("ok");
     const version = JSON.parse(await fetchAsAdmin("/version")) as { gitVersion: string };
-    expect(version.gitVersion).toMatch(/^v1\.\d+\.\d+$/);
+    const pinned = /^K8S_VERSION=(\S+)$/m.exec(
+      (await import("node:fs")).readFileSync(join(import.meta.dirname, "..", "env", "versions.env"), "utf8"),
+    )?.[1];
+    expect(version.gitVersion).toBe(pinned);
   });
 
   it("serves a CRD whose custom objects arrive through a client-node watch", async () => {
@@ -227,6 +231,22 @@ describe("Kafka", () => {
     } finally {
       await consumer.disconnect();
     }
+  });
+});
+
+describe("helm", () => {
+  it("lints the chart, and its values schema refuses a bad trust domain", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const chart = join(import.meta.dirname, "..", "..", "charts", "custody");
+    const helm = join(env.binDir, "helm");
+    expect(execFileSync(helm, ["lint", chart]).toString()).toContain("0 chart(s) failed");
+    let failed = "";
+    try {
+      execFileSync(helm, ["lint", chart, "--set", "trustDomain=Not_A_Domain!"], { stdio: "pipe" });
+    } catch (e) {
+      failed = String((e as { stdout: Buffer }).stdout) + String((e as { stderr: Buffer }).stderr);
+    }
+    expect(failed).toContain("trustDomain");
   });
 });
 
