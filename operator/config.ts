@@ -29,6 +29,12 @@ const schema = z.object({
   CUSTODY_LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
   CUSTODY_RENEW_JITTER: z.coerce.number().min(0).max(0.2).default(0.05),
   CUSTODY_IDENTITY: z.string().min(1).max(253).optional(),
+  CUSTODY_LEADER_ELECTION: z.enum(["true", "false"]).default("true"),
+  CUSTODY_LEASE_NAME: z.string().min(1).max(253).default("custody-operator"),
+  // Failover within lease + retry (about 9 s) after a leader dies.
+  CUSTODY_LEASE_DURATION_SECONDS: z.coerce.number().int().min(2).max(300).default(8),
+  CUSTODY_RENEW_DEADLINE_SECONDS: z.coerce.number().int().min(1).max(299).default(5),
+  CUSTODY_RETRY_PERIOD_SECONDS: z.coerce.number().int().min(1).max(60).default(1),
 });
 
 export interface OperatorConfig {
@@ -43,6 +49,11 @@ export interface OperatorConfig {
   renewJitter: number;
   /** This replica's name (pod name in the chart, hostname-pid locally). */
   identity: string | undefined;
+  leaderElection: boolean;
+  leaseName: string;
+  leaseDurationMs: number;
+  renewDeadlineMs: number;
+  retryPeriodMs: number;
 }
 
 export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig {
@@ -73,6 +84,11 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
     logLevel: c.CUSTODY_LOG_LEVEL,
     renewJitter: c.CUSTODY_RENEW_JITTER,
     identity: c.CUSTODY_IDENTITY,
+    leaderElection: c.CUSTODY_LEADER_ELECTION === "true",
+    leaseName: c.CUSTODY_LEASE_NAME,
+    leaseDurationMs: c.CUSTODY_LEASE_DURATION_SECONDS * 1000,
+    renewDeadlineMs: c.CUSTODY_RENEW_DEADLINE_SECONDS * 1000,
+    retryPeriodMs: c.CUSTODY_RETRY_PERIOD_SECONDS * 1000,
   };
 }
 

@@ -1,12 +1,13 @@
 // The Custody operator: wiring only. Composes the pure core with the
 // Kubernetes and Kafka shells; holds no business rule of its own.
 
-import { X509Certificate } from "node:crypto";
+import { randomBytes, X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
 import { type AgentTask, API_VERSION, GROUP, PLURAL, VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
+import { LeaderElector } from "../shells/kube/leader-election.ts";
 import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import { createLogger } from "../shells/log.ts";
 import { OperatorMetrics } from "../shells/metrics.ts";
@@ -15,7 +16,7 @@ import { loadOrCreateCa } from "./ca-store.ts";
 import { loadOperatorConfig } from "./config.ts";
 import { boundPort, serveHealth } from "./health.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
-import { createKafkaRecorder, loadOrCreateSigningKey } from "./provenance.ts";
+import { createKafkaRecorder, loadOrCreateSigningKey, type ProvenanceRecorder } from "./provenance.ts";
 import {
   COMPONENT_LABEL,
   credentialSecretName,
@@ -41,7 +42,9 @@ interface SecretMeta {
 
 async function main(): Promise<void> {
   const config = loadOperatorConfig();
-  const identity = config.identity ?? `${hostname()}-${process.pid}`;
+  // Unique per process: a restarted pod must not continue a stream (or a
+  // lease term) as if it were its predecessor.
+  const identity = config.identity ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
   const log = createLogger({ name: "operator", level: config.logLevel });
   const credentials = loadClusterCredentials();
   const rest = new KubeRest(credentials);
@@ -60,16 +63,25 @@ async function main(): Promise<void> {
     log,
   });
   const signingKey = await loadOrCreateSigningKey(rest, config.namespace, log);
-  const recorder = await createKafkaRecorder({
-    brokers: config.kafka.brokers,
-    topic: config.kafka.topic,
-    partitions: config.kafka.partitions,
-    replicationFactor: config.kafka.replicationFactor,
-    writer: identity,
-    epoch: 0,
-    signingKey,
-    log: log.child("provenance"),
-  });
+  // The provenance writer exists only while this replica leads: one writer
+  // per stream, its epoch the Lease's transition count.
+  let leaderRecorder: ProvenanceRecorder | undefined;
+  const recorder: ProvenanceRecorder = {
+    record: (type, subject, data, rootUid) =>
+      leaderRecorder
+        ? leaderRecorder.record(type, subject, data, rootUid)
+        : Promise.reject(new Error("not the leader: provenance is written only by the leader")),
+    get healthy() {
+      return leaderRecorder?.healthy ?? false;
+    },
+    get backlog() {
+      return leaderRecorder?.backlog ?? 0;
+    },
+    close: async () => {
+      await leaderRecorder?.close();
+      leaderRecorder = undefined;
+    },
+  };
 
   const bundles = new TrustBundlePublisher(rest, log.child("trust-bundle"), {
     "ca.crt": trustAnchorsPem,
@@ -150,6 +162,7 @@ async function main(): Promise<void> {
     log: log.child("reconciler"),
     metrics,
   });
+  let leading = false;
   const queue = new WorkQueue({
     name: "agenttasks",
     handler: async (key) => {
@@ -164,6 +177,10 @@ async function main(): Promise<void> {
     logger: log.child("queue"),
     metrics: metrics.workQueue("agenttasks"),
   });
+
+  const enqueue = (key: string) => {
+    if (leading) queue.add(key);
+  };
 
   const taskKeyOfSecret = (s: SecretMeta) => {
     const task = s.metadata.labels?.[TASK_LABEL];
@@ -188,13 +205,13 @@ async function main(): Promise<void> {
   });
   secrets.onUpdate((_old, s) => {
     const key = observeSecret(s);
-    if (key && tasks.hasSynced()) queue.add(key);
+    if (key && tasks.hasSynced()) enqueue(key);
   });
   secrets.onDelete((s: SecretMeta, _info: DeleteInfo) => {
     const key = taskKeyOfSecret(s);
     if (!key) return;
     credentialIndex.set(key, undefined);
-    if (tasks.hasSynced()) queue.add(key);
+    if (tasks.hasSynced()) enqueue(key);
   });
   const ensureBundle = (ns: string) =>
     bundles
@@ -257,27 +274,27 @@ async function main(): Promise<void> {
       for (const child of children.get(pending.pop()!) ?? []) {
         if (seen.has(child)) continue;
         seen.add(child);
-        queue.add(child);
+        enqueue(child);
         pending.push(child);
       }
     }
   };
   tasks.onAdd((t) => {
     link(t, true);
-    queue.add(objectKey(t));
+    enqueue(objectKey(t));
   });
   tasks.onUpdate((old, t) => {
     const key = objectKey(t);
     if (old.parent !== t.parent) link(old, false);
     link(t, true);
     reconciler.observed(key, t.metadata.resourceVersion);
-    queue.add(key);
+    enqueue(key);
     if (old.state !== t.state) enqueueDescendants(key);
   });
   tasks.onDelete((t) => {
     const key = objectKey(t);
     link(t, false);
-    queue.add(key);
+    enqueue(key);
     enqueueDescendants(key);
   });
   tasks.start();
@@ -285,20 +302,78 @@ async function main(): Promise<void> {
   // Bundles may be stale (a new CA or anchor since the last run) or missing
   // (deleted while the operator was down): settle every namespace now.
   for (const ns of new Set(tasks.list().map((t) => t.metadata.namespace))) void ensureBundle(ns);
-  log.info("caches synced; reconciling", {
+  log.info("caches synced", {
     tasks: tasks.size,
     credentialSecrets: credentialIndex.size,
     apiVersion: API_VERSION,
   });
 
   let stopping = false;
+  const startLeading = async (epoch: number) => {
+    leaderRecorder = await createKafkaRecorder({
+      brokers: config.kafka.brokers,
+      topic: config.kafka.topic,
+      partitions: config.kafka.partitions,
+      replicationFactor: config.kafka.replicationFactor,
+      writer: identity,
+      epoch,
+      signingKey,
+      log: log.child("provenance"),
+    });
+    leading = true;
+    metrics.leader(true);
+    // Overdue tasks first: a deadline that passed while no leader ran is
+    // settled (credential deleted, Expired) before anything is issued.
+    const now = Date.now();
+    const all = tasks.list().map((c) => ({ key: objectKey(c), deadline: deadlineOf(c) }));
+    for (const t of all) if (t.deadline <= now) queue.add(t.key);
+    for (const t of all) if (t.deadline > now) queue.add(t.key);
+    log.info("leading: reconciling", { epoch, tasks: all.length });
+  };
+  const stopLeading = async () => {
+    leading = false;
+    metrics.leader(false);
+    if (!stopping) {
+      // The renew deadline passed: another replica may lead soon. Fence now,
+      // without waiting for anything in flight: exit, and let the platform
+      // restart this process as a standby.
+      log.error("lost leadership; exiting so that no write of ours overlaps the next leader");
+      process.exit(1);
+    }
+    await queue.shutdown();
+    await recorder.close();
+  };
+  const elector = config.leaderElection
+    ? new LeaderElector({
+        rest,
+        namespace: config.namespace,
+        name: config.leaseName,
+        identity,
+        leaseDurationMs: config.leaseDurationMs,
+        renewDeadlineMs: config.renewDeadlineMs,
+        retryPeriodMs: config.retryPeriodMs,
+        log: log.child("leader-election"),
+        onStartedLeading: (epoch) =>
+          startLeading(epoch).catch((err: unknown) => {
+            log.error("could not start leading", { error: errorText(err) });
+            process.exit(1);
+          }),
+        onStoppedLeading: stopLeading,
+        onNewLeader: (holder) => log.info("leader", { holder, self: holder === identity }),
+      })
+    : undefined;
+  if (elector) void elector.run();
+  else await startLeading(0);
+
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info("stopping", { signal });
-    await queue.shutdown();
+    // Drains in-flight reconciles, closes the writer, then releases the lease
+    // so that a standby takes over at once.
+    if (elector) await elector.stop();
+    else await stopLeading();
     await Promise.all([tasks.stop(), secrets.stop(), bundleMaps.stop()]);
-    await recorder.close();
     health.close();
     rest.close();
     process.exit(0);
@@ -353,6 +428,12 @@ function compactTask(t: AgentTask | CompactTask): CompactTask {
     state: `${t.status?.phase ?? ""}|${m.generation ?? 0}|${t.status?.observedGeneration ?? ""}|${t.spec?.revoked === true}|${m.deletionTimestamp ?? ""}`,
     json: JSON.stringify(slim),
   };
+}
+
+function deadlineOf(c: CompactTask): number {
+  const d = (JSON.parse(c.json) as AgentTask).spec?.deadline;
+  const t = d ? Date.parse(d) : Number.NaN;
+  return Number.isNaN(t) ? Number.POSITIVE_INFINITY : t;
 }
 
 function errorText(err: unknown): string {
