@@ -11,6 +11,7 @@ const benches: Array<[string, string[]]> = [
   ["mint", [join(here, "mint.ts")]],
   ["provenance", [join(here, "provenance.ts")]],
   ["operator", [join(here, "operator.ts")]],
+  ["cascade", [join(here, "cascade.ts")]],
 ];
 let failed = 0;
 for (const [name, argv] of benches) {
