@@ -621,39 +621,25 @@ function delegatorOfChain(chain: readonly ChainLink[], task: AgentTask): StatusD
 }
 
 function failedStatus(task: AgentTask, reason: string, message: string, t: number): AgentTaskStatus {
-  const nowIso = new Date(t).toISOString();
-  const generation = task.metadata.generation ?? 0;
-  let conditions = setCondition(
-    task.status?.conditions,
-    {
-      type: "Ready",
-      status: task.status?.phase === "Issued" ? "True" : "False",
-      reason,
-      message,
-      observedGeneration: generation,
-    },
-    nowIso,
-  );
-  conditions = setCondition(
-    conditions,
-    { type: "Issuing", status: "False", reason, message, observedGeneration: generation },
-    nowIso,
+  const issued = task.status?.phase === "Issued";
+  const c = conditionsFor(
+    task,
+    t,
+    { status: issued ? "True" : "False", reason, message },
+    { reason, message },
   );
   // A task that still holds a valid certificate keeps it and its phase; the
-  // condition says renewal failed.
-  if (task.status?.phase === "Issued") return { ...task.status, conditions };
-  return { phase: "Failed", observedGeneration: generation, conditions };
+  // conditions say renewal failed.
+  if (issued) return { ...task.status, conditions: c.conditions };
+  return { phase: "Failed", ...c };
 }
 
 function pendingStatus(task: AgentTask, reason: string, message: string, t: number): AgentTaskStatus {
-  const nowIso = new Date(t).toISOString();
-  const generation = task.metadata.generation ?? 0;
-  const conditions = setCondition(
-    task.status?.conditions,
-    { type: "Ready", status: "False", reason, message, observedGeneration: generation },
-    nowIso,
-  );
-  return { ...(task.status ?? {}), phase: "Pending", observedGeneration: generation, conditions };
+  return {
+    ...(task.status ?? {}),
+    phase: "Pending",
+    ...conditionsFor(task, t, { status: "False", reason, message }),
+  };
 }
 
 function scopeOf(task: AgentTask): string[] {
@@ -698,26 +684,38 @@ function delegatorCondition(task: AgentTask) {
   };
 }
 
-function deniedStatus(task: AgentTask, reason: string, message: string, t: number): AgentTaskStatus {
+/** Ready (and Issuing, when given) conditions for this generation, keeping transition times. */
+function conditionsFor(
+  task: AgentTask,
+  t: number,
+  ready: { status: "True" | "False"; reason: string; message: string },
+  issuing?: { reason: string; message: string },
+) {
   const nowIso = new Date(t).toISOString();
-  const generation = task.metadata.generation ?? 0;
+  const observedGeneration = task.metadata.generation ?? 0;
   let conditions = setCondition(
     task.status?.conditions,
-    { type: "Ready", status: "False", reason, message, observedGeneration: generation },
+    { type: "Ready", ...ready, observedGeneration },
     nowIso,
   );
-  conditions = setCondition(
-    conditions,
-    {
-      type: "Issuing",
-      status: "False",
-      reason,
-      message: "no certificate is issued for a denied task",
-      observedGeneration: generation,
-    },
-    nowIso,
+  if (issuing) {
+    conditions = setCondition(
+      conditions,
+      { type: "Issuing", status: "False", ...issuing, observedGeneration },
+      nowIso,
+    );
+  }
+  return { conditions, observedGeneration };
+}
+
+function deniedStatus(task: AgentTask, reason: string, message: string, t: number): AgentTaskStatus {
+  const c = conditionsFor(
+    task,
+    t,
+    { status: "False", reason, message },
+    { reason, message: "no certificate is issued for a denied task" },
   );
-  return { phase: "Denied", observedGeneration: generation, conditions };
+  return { phase: "Denied", ...c };
 }
 
 function terminalStatus(
@@ -727,24 +725,12 @@ function terminalStatus(
   message: string,
   t: number,
 ): AgentTaskStatus {
-  const nowIso = new Date(t).toISOString();
-  const generation = task.metadata.generation ?? 0;
-  let conditions = setCondition(
-    task.status?.conditions,
-    { type: "Ready", status: "False", reason, message, observedGeneration: generation },
-    nowIso,
-  );
-  conditions = setCondition(
-    conditions,
-    {
-      type: "Issuing",
-      status: "False",
-      reason,
-      message: `${phase.toLowerCase()}: no further certificates`,
-      observedGeneration: generation,
-    },
-    nowIso,
+  const c = conditionsFor(
+    task,
+    t,
+    { status: "False", reason, message },
+    { reason, message: `${phase.toLowerCase()}: no further certificates` },
   );
   const { certificate: _certificate, ...rest } = task.status ?? {};
-  return { ...rest, phase, observedGeneration: generation, conditions };
+  return { ...rest, phase, ...c };
 }

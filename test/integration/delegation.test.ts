@@ -3,27 +3,18 @@
 // bound into its certificate; revoking or deleting an ancestor revokes the
 // whole subtree and deletes every credential below it.
 import { execFileSync } from "node:child_process";
-import { randomUUID, X509Certificate } from "node:crypto";
+import { X509Certificate } from "node:crypto";
 import { join } from "node:path";
-import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import type { CoreV1Api } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { chainDigest } from "../../core/delegation.ts";
 import { DELEGATION_EXTENSION_OID, decodeDelegationExtension } from "../../core/x509/index.ts";
-import { kubeConfigFor } from "../env/local-env.ts";
-import { eventually } from "../support/eventually.ts";
-import { installCustody, type OperatorProcess, startOperator } from "../support/operator-process.ts";
+import { GROUP, PLURAL, startTestbed, type Testbed, VERSION } from "../support/testbed.ts";
 
 const env = inject("localEnv");
-const suffix = randomUUID().slice(0, 6);
-const ns = `chain-${suffix}`;
-const opNs = `custody-${suffix}`;
-const group = "custody.dev";
-const version = "v1alpha1";
-const plural = "agenttasks";
-let kc: KubeConfig;
+let bed: Testbed;
 let core: CoreV1Api;
-let custom: CustomObjectsApi;
-let operator: OperatorProcess;
+let ns: string;
 
 interface Task {
   metadata: { name: string; uid: string };
@@ -36,7 +27,7 @@ interface Task {
 }
 
 const body = (name: string, spec: Record<string, unknown>) => ({
-  apiVersion: `${group}/${version}`,
+  apiVersion: `${GROUP}/${VERSION}`,
   kind: "AgentTask",
   metadata: { name, namespace: ns },
   spec: {
@@ -48,26 +39,8 @@ const body = (name: string, spec: Record<string, unknown>) => ({
   },
 });
 
-async function create(name: string, spec: Record<string, unknown>) {
-  await eventually(
-    () =>
-      custom.createNamespacedCustomObject({ group, version, namespace: ns, plural, body: body(name, spec) }),
-    {
-      timeoutMs: 20_000,
-    },
-  );
-}
-const get = async (name: string) =>
-  (await custom.getNamespacedCustomObject({ group, version, namespace: ns, plural, name })) as Task;
-const phaseOf = (name: string, phase: string) =>
-  eventually(
-    async () => {
-      const t = await get(name);
-      expect(t.status?.phase).toBe(phase);
-      return t;
-    },
-    { timeoutMs: 20_000 },
-  );
+const create = (name: string, spec: Record<string, unknown>) => bed.createTask(body(name, spec));
+const phaseOf = (name: string, phase: string) => bed.waitPhase<Task>(name, phase);
 const secretGone = (name: string) =>
   core.readNamespacedSecret({ name, namespace: ns }).then(
     () => false,
@@ -75,20 +48,11 @@ const secretGone = (name: string) =>
   );
 
 beforeAll(async () => {
-  kc = kubeConfigFor(env);
-  core = kc.makeApiClient(CoreV1Api);
-  custom = kc.makeApiClient(CustomObjectsApi);
-  await installCustody(env);
-  await core.createNamespace({ body: { metadata: { name: ns } } });
-  await core.createNamespace({ body: { metadata: { name: opNs } } });
-  operator = await startOperator(env, { namespace: opNs, topic: `custody.chain.${suffix}` });
+  bed = await startTestbed(env, "chain");
+  ({ core, ns } = bed);
 }, 120_000);
 
-afterAll(async () => {
-  await operator?.stop();
-  await core.deleteNamespace({ name: ns }).catch(() => undefined);
-  await core.deleteNamespace({ name: opNs }).catch(() => undefined);
-});
+afterAll(() => bed?.teardown());
 
 describe("delegation chains", () => {
   it("issues a narrower sub-agent with the chain root first, bound into its certificate", async () => {
@@ -193,7 +157,13 @@ describe("delegation chains", () => {
     await phaseOf("r3-a", "Issued");
     await create("r3-a-b", { parentRef: { name: "r3-a" }, scope: ["read:repos/acme/api"] });
     await phaseOf("r3-a-b", "Issued");
-    await custom.deleteNamespacedCustomObject({ group, version, namespace: ns, plural, name: "r3" });
+    await bed.custom.deleteNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: PLURAL,
+      name: "r3",
+    });
     const a = await phaseOf("r3-a", "Revoked");
     expect(a.status?.conditions?.find((c) => c.type === "Ready")?.reason).toBe("ParentDeleted");
     await phaseOf("r3-a-b", "Revoked");

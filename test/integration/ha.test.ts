@@ -1,65 +1,36 @@
 // Two operator processes: one Lease, one leader. Killing the leader with
 // SIGKILL hands over to the standby within seconds, and no task is issued
 // twice across the two (one `issued` event per task in the stream).
-import { randomUUID } from "node:crypto";
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import { CoordinationV1Api, type CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { kubeConfigFor } from "../env/local-env.ts";
 import { eventually } from "../support/eventually.ts";
 import { readTopic } from "../support/kafka.ts";
-import { installCustody, type OperatorProcess, startOperator } from "../support/operator-process.ts";
+import type { OperatorProcess } from "../support/operator-process.ts";
+import { GROUP, PLURAL, startTestbed, type Testbed, VERSION } from "../support/testbed.ts";
 
 const env = inject("localEnv");
-const suffix = randomUUID().slice(0, 6);
-const ns = `ha-${suffix}`;
-const opNs = `custody-${suffix}`;
-const topic = `custody.ha.${suffix}`;
-const group = "custody.dev";
-const version = "v1alpha1";
-const plural = "agenttasks";
+let bed: Testbed;
 let kc: KubeConfig;
-let core: CoreV1Api;
 let custom: CustomObjectsApi;
-const operators: OperatorProcess[] = [];
+let ns: string;
+let opNs: string;
+let topic: string;
+let operators: OperatorProcess[];
+const group = GROUP;
+const version = VERSION;
+const plural = PLURAL;
 
-async function createTask(name: string) {
-  await eventually(
-    () =>
-      custom.createNamespacedCustomObject({
-        group,
-        version,
-        namespace: ns,
-        plural,
-        body: {
-          apiVersion: `${group}/${version}`,
-          kind: "AgentTask",
-          metadata: { name, namespace: ns },
-          spec: { agent: { name: "a" }, scope: ["read:x/*"], serviceAccountName: "sa" },
-        },
-      }),
-    { timeoutMs: 20_000 },
-  );
-}
+const createTask = (name: string) =>
+  bed.createTask({
+    apiVersion: `${group}/${version}`,
+    kind: "AgentTask",
+    metadata: { name, namespace: ns },
+    spec: { agent: { name: "a" }, scope: ["read:x/*"], serviceAccountName: "sa" },
+  });
 
-async function allIssued(names: string[]) {
-  await eventually(
-    async () => {
-      for (const name of names) {
-        const t = (await custom.getNamespacedCustomObject({
-          group,
-          version,
-          namespace: ns,
-          plural,
-          name,
-        })) as {
-          status?: { phase?: string };
-        };
-        expect(t.status?.phase, name).toBe("Issued");
-      }
-    },
-    { timeoutMs: 30_000 },
-  );
-}
+const allIssued = async (names: string[]) => {
+  for (const name of names) await bed.waitPhase(name, "Issued", 30_000);
+};
 
 const holder = async () =>
   (
@@ -69,22 +40,11 @@ const holder = async () =>
   ).spec?.holderIdentity ?? "";
 
 beforeAll(async () => {
-  kc = kubeConfigFor(env);
-  core = kc.makeApiClient(CoreV1Api);
-  custom = kc.makeApiClient(CustomObjectsApi);
-  await installCustody(env);
-  await core.createNamespace({ body: { metadata: { name: ns } } });
-  await core.createNamespace({ body: { metadata: { name: opNs } } });
-  for (const id of ["replica-a", "replica-b"]) {
-    operators.push(await startOperator(env, { namespace: opNs, topic, extraEnv: { CUSTODY_IDENTITY: id } }));
-  }
+  bed = await startTestbed(env, "ha", [{ CUSTODY_IDENTITY: "replica-a" }, { CUSTODY_IDENTITY: "replica-b" }]);
+  ({ kc, custom, ns, opNs, topic, operators } = bed);
 }, 120_000);
 
-afterAll(async () => {
-  for (const op of operators) await op.stop("SIGKILL");
-  await core.deleteNamespace({ name: ns }).catch(() => undefined);
-  await core.deleteNamespace({ name: opNs }).catch(() => undefined);
-});
+afterAll(() => bed?.teardown());
 
 describe("high availability", () => {
   it("elects one leader; SIGKILL hands over to the standby; no task is issued twice", async () => {

@@ -5,27 +5,24 @@ import "reflect-metadata";
 import { execFileSync } from "node:child_process";
 import { randomUUID, X509Certificate } from "node:crypto";
 import { join } from "node:path";
-import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import type { CoreV1Api, CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { DELEGATION_EXTENSION_OID, decodeDelegationExtension } from "../../core/x509/index.ts";
-import { kubeConfigFor } from "../env/local-env.ts";
 import { eventually } from "../support/eventually.ts";
 import { readTopic } from "../support/kafka.ts";
-import { installCustody, type OperatorProcess, startOperator } from "../support/operator-process.ts";
+import { startTestbed, type Testbed } from "../support/testbed.ts";
 
 const env = inject("localEnv");
-const suffix = randomUUID().slice(0, 6);
-const ns = `issue-${suffix}`;
-const opNs = `custody-${suffix}`;
-const topic = `custody.provenance.${suffix}`;
 const group = "custody.dev";
 const version = "v1alpha1";
 const plural = "agenttasks";
 
+let bed: Testbed;
 let kc: KubeConfig;
 let core: CoreV1Api;
 let custom: CustomObjectsApi;
-let operator: OperatorProcess;
+let ns: string;
+let topic: string;
 
 interface TaskObj {
   metadata: { name: string; uid: string; resourceVersion: string; finalizers?: string[] };
@@ -57,53 +54,16 @@ const task = (name: string, spec: Record<string, unknown>) => ({
   },
 });
 
-/** Creates a task; a CRD installed moments ago can still answer 503 for a short while. */
-async function createTask(body: unknown): Promise<void> {
-  await eventually(
-    () =>
-      custom
-        .createNamespacedCustomObject({ group, version, namespace: ns, plural, body })
-        .catch((e: { code?: number }) => {
-          if (e.code === 503) throw e;
-          return Promise.reject(Object.assign(new Error("not retryable"), { cause: e, final: true }));
-        }),
-    { timeoutMs: 20_000, intervalMs: 200 },
-  ).catch((e: { final?: boolean; cause?: unknown }) => {
-    throw e.final ? e.cause : e;
-  });
-}
-
-async function getTask(name: string): Promise<TaskObj> {
-  return (await custom.getNamespacedCustomObject({ group, version, namespace: ns, plural, name })) as TaskObj;
-}
-
-async function waitPhase(name: string, phase: string, timeoutMs = 20_000): Promise<TaskObj> {
-  return eventually(
-    async () => {
-      const t = await getTask(name);
-      expect(t.status?.phase).toBe(phase);
-      return t;
-    },
-    { timeoutMs },
-  );
-}
+const createTask = (body: unknown) => bed.createTask(body);
+const getTask = (name: string) => bed.getTask<TaskObj>(name);
+const waitPhase = (name: string, phase: string) => bed.waitPhase<TaskObj>(name, phase);
 
 beforeAll(async () => {
-  kc = kubeConfigFor(env);
-  core = kc.makeApiClient(CoreV1Api);
-  custom = kc.makeApiClient(CustomObjectsApi);
-  await installCustody(env);
-  await eventually(() => custom.listNamespacedCustomObject({ group, version, namespace: "default", plural }));
-  await core.createNamespace({ body: { metadata: { name: ns } } });
-  await core.createNamespace({ body: { metadata: { name: opNs } } });
-  operator = await startOperator(env, { namespace: opNs, topic });
+  bed = await startTestbed(env, "issue");
+  ({ kc, core, custom, ns, topic } = bed);
 }, 120_000);
 
-afterAll(async () => {
-  await operator?.stop();
-  await core.deleteNamespace({ name: ns }).catch(() => undefined);
-  await core.deleteNamespace({ name: opNs }).catch(() => undefined);
-});
+afterAll(() => bed?.teardown());
 
 describe("issuance", () => {
   it("issues a SPIFFE X.509-SVID that chains to the published bundle and carries the delegation", async () => {

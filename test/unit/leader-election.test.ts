@@ -10,42 +10,7 @@ import {
 } from "../../shells/kube/leader-election.ts";
 import { KubeApiError, type KubeRest } from "../../shells/kube/rest.ts";
 import type { Clock } from "../../shells/workqueue.ts";
-
-/** Deterministic clock: timers fire only inside advance(), in due order. */
-class FakeClock implements Clock {
-  private t = Date.UTC(2026, 10, 28, 3, 0, 0);
-  private nextId = 0;
-  private readonly timers = new Map<number, { due: number; fn: () => void }>();
-  now(): number {
-    return this.t;
-  }
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = ++this.nextId;
-    this.timers.set(id, { due: this.t + Math.max(0, ms), fn });
-    return id;
-  }
-  clearTimeout(handle: unknown): void {
-    this.timers.delete(handle as number);
-  }
-  async advance(ms: number): Promise<void> {
-    const target = this.t + ms;
-    for (;;) {
-      await flush();
-      let next: [number, { due: number; fn: () => void }] | undefined;
-      for (const entry of this.timers) {
-        if (entry[1].due <= target && (next === undefined || entry[1].due < next[1].due)) next = entry;
-      }
-      if (next === undefined) break;
-      this.timers.delete(next[0]);
-      this.t = next[1].due;
-      next[1].fn();
-    }
-    this.t = target;
-    await flush();
-  }
-}
-
-const flush = () => new Promise<void>((r) => setImmediate(r));
+import { FakeClock, flush } from "../support/fake-clock.ts";
 
 /** The apiserver's view of one Lease: resourceVersion-checked create and update. */
 class LeaseServer {
@@ -156,7 +121,7 @@ async function advanceChecked(clock: FakeClock, ms: number, cs: Candidate[], ste
 }
 
 function setup() {
-  const clock = new FakeClock();
+  const clock = new FakeClock(Date.UTC(2026, 10, 28, 3, 0, 0));
   const server = new LeaseServer();
   return { clock, server };
 }

@@ -1,0 +1,107 @@
+// One namespace for tasks, one for the operator's CA and Lease, the CRDs and
+// policies installed, and operator processes running: what each integration
+// test file needs before its first test, and removes after its last.
+import { randomUUID } from "node:crypto";
+import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import { kubeConfigFor, type LocalEnv } from "../env/local-env.ts";
+import { eventually } from "./eventually.ts";
+import { installCustody, type OperatorProcess, startOperator } from "./operator-process.ts";
+
+export const GROUP = "custody.dev";
+export const VERSION = "v1alpha1";
+export const PLURAL = "agenttasks";
+
+export interface Testbed {
+  kc: KubeConfig;
+  core: CoreV1Api;
+  custom: CustomObjectsApi;
+  /** Where the tests' AgentTasks live. */
+  ns: string;
+  /** The operator's namespace (CA, signing key, Lease). */
+  opNs: string;
+  topic: string;
+  operators: OperatorProcess[];
+  /** Creates an AgentTask; a CRD installed moments ago can answer 503 for a short while. */
+  createTask(body: unknown): Promise<void>;
+  getTask<T>(name: string): Promise<T>;
+  /** Waits until the task reaches `phase` and returns it. */
+  waitPhase<T extends { status?: { phase?: string } }>(
+    name: string,
+    phase: string,
+    timeoutMs?: number,
+  ): Promise<T>;
+  teardown(): Promise<void>;
+}
+
+export async function startTestbed(
+  env: LocalEnv,
+  prefix: string,
+  replicas: Array<Record<string, string>> = [{}],
+): Promise<Testbed> {
+  const suffix = randomUUID().slice(0, 6);
+  const kc = kubeConfigFor(env);
+  const core = kc.makeApiClient(CoreV1Api);
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  const ns = `${prefix}-${suffix}`;
+  const opNs = `custody-${suffix}`;
+  const topic = `custody.${prefix}.${suffix}`;
+  await installCustody(env);
+  await core.createNamespace({ body: { metadata: { name: ns } } });
+  await core.createNamespace({ body: { metadata: { name: opNs } } });
+  const operators: OperatorProcess[] = [];
+  for (const extraEnv of replicas)
+    operators.push(await startOperator(env, { namespace: opNs, topic, extraEnv }));
+  const getTask = async <T>(name: string) =>
+    (await custom.getNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: PLURAL,
+      name,
+    })) as T;
+  return {
+    kc,
+    core,
+    custom,
+    ns,
+    opNs,
+    topic,
+    operators,
+    async createTask(body) {
+      let lastError: unknown;
+      for (const started = Date.now(); Date.now() - started < 20_000; ) {
+        try {
+          await custom.createNamespacedCustomObject({
+            group: GROUP,
+            version: VERSION,
+            namespace: ns,
+            plural: PLURAL,
+            body,
+          });
+          return;
+        } catch (err) {
+          if ((err as { code?: number }).code !== 503) throw err;
+          lastError = err;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+      throw lastError;
+    },
+    getTask,
+    waitPhase: <T extends { status?: { phase?: string } }>(name: string, phase: string, timeoutMs = 20_000) =>
+      eventually(
+        async () => {
+          const t = await getTask<T>(name);
+          if (t.status?.phase !== phase)
+            throw new Error(`${name}: phase ${t.status?.phase ?? "(none)"}, want ${phase}`);
+          return t;
+        },
+        { timeoutMs },
+      ),
+    async teardown() {
+      for (const op of operators) await op.stop("SIGKILL");
+      await core.deleteNamespace({ name: ns }).catch(() => undefined);
+      await core.deleteNamespace({ name: opNs }).catch(() => undefined);
+    },
+  };
+}
