@@ -46,7 +46,7 @@ run: build ## install the CRDs into the environment of .local/env.sh and run the
 	  exec $(NODE) --disable-warning=TimeoutNegativeWarning dist/operator/main.js
 
 test: deps env-build ## unit and integration tests (starts its own throwaway environment)
-	vitest run
+	vitest run $(VITEST_ARGS)
 
 test-unit: deps ## unit tests only (no environment)
 	vitest run --project unit
