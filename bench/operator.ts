@@ -152,7 +152,7 @@ async function main(): Promise<void> {
   const operator = await startOperator(env, {
     namespace: opNs,
     topic: `custody.bench.${run}`,
-    extraEnv: { CUSTODY_LOG_LEVEL: "warn" },
+    extraEnv: { CUSTODY_LOG_LEVEL: "warn", CUSTODY_WORKERS: process.env.CUSTODY_WORKERS ?? "64" },
     compiled: true,
     // The production runtime flags (docs/operations.md), unless overridden.
     nodeArgs: (process.env.CUSTODY_BENCH_NODE_ARGS ?? OPERATOR_NODE_FLAGS).split(" ").filter(Boolean),

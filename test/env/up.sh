@@ -184,7 +184,7 @@ start kafka java "${java_opts[@]}" kafka.Kafka "$state/kafka.properties"
 
 # ---------------------------------------------------------------- kube-apiserver
 wait_for "etcd" 30 curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
-start kube-apiserver "$bin/kube-apiserver" \
+GOGC=400 start kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none --secure-port "$API_PORT" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
