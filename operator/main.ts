@@ -178,6 +178,34 @@ async function main(): Promise<void> {
     metrics: metrics.workQueue("agenttasks"),
   });
 
+  // Revoked certificates that have not expired yet, per namespace, in the
+  // trust bundle; entries leave it once their notAfter passes.
+  const publishRevoked = (ns: string) => {
+    const now = Date.now();
+    const lines: string[] = [];
+    for (const c of tasks.list(ns)) {
+      if (!c.state.startsWith("Revoked|")) continue;
+      const t = JSON.parse(c.json) as AgentTask;
+      const cert = t.status?.certificate;
+      if (cert && Date.parse(cert.notAfter) > now)
+        lines.push(`${cert.serial} ${t.status?.spiffeID ?? ""} ${cert.notAfter}`);
+    }
+    bundles.setRevoked(ns, lines);
+    if (leading) void ensureBundle(ns);
+  };
+  const revokedSweep = setInterval(() => {
+    if (!leading) return;
+    for (const ns of new Set(
+      tasks
+        .list()
+        .filter((c) => c.state.startsWith("Revoked|"))
+        .map((c) => c.metadata.namespace),
+    )) {
+      publishRevoked(ns);
+    }
+  }, 60_000);
+  revokedSweep.unref();
+
   const enqueue = (key: string) => {
     if (leading) queue.add(key);
   };
@@ -289,7 +317,11 @@ async function main(): Promise<void> {
     link(t, true);
     reconciler.observed(key, t.metadata.resourceVersion);
     enqueue(key);
-    if (old.state !== t.state) enqueueDescendants(key);
+    if (old.state !== t.state) {
+      enqueueDescendants(key);
+      if (t.state.startsWith("Revoked|") && !old.state.startsWith("Revoked|"))
+        publishRevoked(t.metadata.namespace);
+    }
   });
   tasks.onDelete((t) => {
     const key = objectKey(t);
@@ -322,6 +354,7 @@ async function main(): Promise<void> {
     });
     leading = true;
     metrics.leader(true);
+    for (const ns of new Set(tasks.list().map((c) => c.metadata.namespace))) publishRevoked(ns);
     // Overdue tasks first: a deadline that passed while no leader ran is
     // settled (credential deleted, Expired) before anything is issued.
     const now = Date.now();

@@ -731,6 +731,7 @@ function terminalStatus(
     { status: "False", reason, message },
     { reason, message: `${phase.toLowerCase()}: no further certificates` },
   );
-  const { certificate: _certificate, ...rest } = task.status ?? {};
-  return { ...rest, phase, ...c };
+  // The last certificate stays in status: it is what was revoked (or
+  // expired), and the trust bundle lists revoked ones until their notAfter.
+  return { ...(task.status ?? {}), phase, ...c };
 }

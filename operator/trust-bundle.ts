@@ -1,7 +1,11 @@
 // Publishes the trust bundle (PEM and SPIFFE bundle JSON) in a ConfigMap of
 // one fixed name in every namespace that holds AgentTasks: pods can mount only
-// ConfigMaps of their own namespace. Writes happen once per namespace and
-// whenever the content changes or the ConfigMap is deleted or edited.
+// ConfigMaps of their own namespace. Beside the roots it lists the revoked
+// certificates of that namespace that have not expired yet (`revoked.txt`:
+// serial, SPIFFE ID, notAfter per line), for Custody's decision points and
+// any relying party that wants to refuse them. Writes happen once per
+// namespace and whenever its content changes or the ConfigMap is edited or
+// deleted.
 import { createHash } from "node:crypto";
 import { isAlreadyExists, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
@@ -30,6 +34,8 @@ export class TrustBundlePublisher {
   /** Namespace → hash last written or confirmed there. */
   readonly #published = new Map<string, string>();
   readonly #inflight = new Map<string, Promise<void>>();
+  /** Namespace → revoked.txt lines (sorted). */
+  readonly #revoked = new Map<string, string>();
 
   constructor(rest: KubeRest, log: Logger, content: BundleContent) {
     this.#rest = rest;
@@ -54,22 +60,40 @@ export class TrustBundlePublisher {
     }
   }
 
+  /** Sets the namespace's revoked certificates; ensure() publishes them. */
+  setRevoked(namespace: string, lines: readonly string[]): void {
+    const text = [...lines].sort().join("\n");
+    if (text === "") this.#revoked.delete(namespace);
+    else this.#revoked.set(namespace, `${text}\n`);
+  }
+
+  #contentFor(namespace: string): BundleContent {
+    const revoked = this.#revoked.get(namespace);
+    return revoked ? { ...this.#content, "revoked.txt": revoked } : this.#content;
+  }
+
+  #hashFor(namespace: string): string {
+    return this.#revoked.has(namespace) ? hashOf(this.#contentFor(namespace)) : this.#hash;
+  }
+
   isCurrent(namespace: string): boolean {
-    return this.#published.get(namespace) === this.#hash;
+    return this.#published.get(namespace) === this.#hashFor(namespace);
   }
 
   /** Makes sure the namespace's bundle is current; concurrent callers share one write. */
   ensure(namespace: string): Promise<void> {
     if (this.isCurrent(namespace)) return Promise.resolve();
     const running = this.#inflight.get(namespace);
-    if (running) return running;
+    // Content may have changed while a write was in flight: look again after it.
+    if (running) return running.then(() => this.ensure(namespace));
     const p = this.#write(namespace).finally(() => this.#inflight.delete(namespace));
     this.#inflight.set(namespace, p);
     return p;
   }
 
   async #write(namespace: string): Promise<void> {
-    const hash = this.#hash;
+    const hash = this.#hashFor(namespace);
+    const content = this.#contentFor(namespace);
     const body = {
       apiVersion: "v1",
       kind: "ConfigMap",
@@ -79,7 +103,7 @@ export class TrustBundlePublisher {
         labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "trust-bundle" },
         annotations: { [CONTENT_HASH_ANNOTATION]: hash },
       },
-      data: { ...this.#content },
+      data: { ...content },
     };
     try {
       await this.#rest.post(configMapPath(namespace), body);

@@ -9,6 +9,7 @@ import type { CoreV1Api } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { chainDigest } from "../../core/delegation.ts";
 import { DELEGATION_EXTENSION_OID, decodeDelegationExtension } from "../../core/x509/index.ts";
+import { eventually } from "../support/eventually.ts";
 import { GROUP, PLURAL, startTestbed, type Testbed, VERSION } from "../support/testbed.ts";
 
 const env = inject("localEnv");
@@ -148,6 +149,15 @@ describe("delegation chains", () => {
     expect(b.status?.conditions?.find((c) => c.type === "Ready")?.reason).toBe("AncestorRevoked");
     expect(await secretGone(leaf.status!.certificate!.secretName)).toBe(true);
     expect(await secretGone("custody-svid-r2-a")).toBe(true);
+    // Copies of those certificates stay valid until notAfter: the namespace's
+    // trust bundle lists them as revoked until then.
+    const revoked = await eventually(async () => {
+      const cm = await core.readNamespacedConfigMap({ name: "custody-trust-bundle", namespace: ns });
+      const text = cm.data?.["revoked.txt"] ?? "";
+      for (const t of [a, b]) expect(text).toContain(`${t.status!.certificate!.serial} spiffe://`);
+      return text;
+    });
+    expect(revoked).toContain(`/task/r2-a-b `);
   });
 
   it("deleting a root revokes its subtree", async () => {
