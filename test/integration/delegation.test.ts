@@ -22,7 +22,7 @@ interface Task {
   status?: {
     phase?: string;
     delegationChain?: Array<{ kind: string; name: string; uid: string; scope: string[] }>;
-    certificate?: { secretName: string; serial: string };
+    certificate?: { secretName: string; serial: string; notAfter: string };
     conditions?: Array<{ type: string; reason: string; message: string }>;
   };
 }
@@ -158,6 +158,22 @@ describe("delegation chains", () => {
       return text;
     });
     expect(revoked).toContain(`/task/r2-a-b `);
+  });
+
+  it("a parent reaching its deadline expires, and its subtree is revoked naming it", async () => {
+    const deadline = new Date(Date.now() + 12_000).toISOString();
+    await create("r4", { delegator: { kind: "User", name: "dave" }, deadline });
+    await phaseOf("r4", "Issued");
+    await create("r4-a", { parentRef: { name: "r4" }, scope: ["read:repos/acme/api"] });
+    const child = await phaseOf("r4-a", "Issued");
+    // The child inherits the deadline: its certificate never outlives it.
+    expect(Date.parse(child.status!.certificate!.notAfter)).toBeLessThanOrEqual(Date.parse(deadline));
+    const root = await bed.waitPhase<Task>("r4", "Expired", 30_000);
+    expect(root.status?.conditions?.find((c) => c.type === "Ready")?.reason).toBe("DeadlinePassed");
+    const a = await bed.waitPhase<Task>("r4-a", "Revoked", 30_000);
+    expect(a.status?.conditions?.find((c) => c.type === "Ready")?.reason).toBe("ParentExpired");
+    expect(await secretGone("custody-svid-r4")).toBe(true);
+    expect(await secretGone("custody-svid-r4-a")).toBe(true);
   });
 
   it("deleting a root revokes its subtree", async () => {
