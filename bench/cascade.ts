@@ -8,7 +8,6 @@
  * Usage: node bench/cascade.ts [--descendants 1000]
  */
 
-import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";

@@ -5,7 +5,7 @@ import "reflect-metadata";
 import { execFileSync } from "node:child_process";
 import { randomUUID, X509Certificate } from "node:crypto";
 import { join } from "node:path";
-import type { CoreV1Api, CustomObjectsApi, KubeConfig } from "@kubernetes/client-node";
+import type { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { DELEGATION_EXTENSION_OID, decodeDelegationExtension } from "../../core/x509/index.ts";
 import { eventually } from "../support/eventually.ts";
@@ -18,7 +18,6 @@ const version = "v1alpha1";
 const plural = "agenttasks";
 
 let bed: Testbed;
-let kc: KubeConfig;
 let core: CoreV1Api;
 let custom: CustomObjectsApi;
 let ns: string;
@@ -60,7 +59,7 @@ const waitPhase = (name: string, phase: string) => bed.waitPhase<TaskObj>(name, 
 
 beforeAll(async () => {
   bed = await startTestbed(env, "issue");
-  ({ kc, core, custom, ns, topic } = bed);
+  ({ core, custom, ns, topic } = bed);
 }, 120_000);
 
 afterAll(() => bed?.teardown());

@@ -13,8 +13,7 @@ import {
   type WatchHandle,
   type WatchRequest,
 } from "../../shells/kube/informer.ts";
-import type { Clock } from "../../shells/workqueue.ts";
-import { FakeClock, flush } from "../support/fake-clock.ts";
+import { FakeClock } from "../support/fake-clock.ts";
 
 interface Obj {
   metadata: { name: string; namespace?: string; resourceVersion?: string; managedFields?: unknown };

@@ -9,8 +9,7 @@ import {
   type StoredLease,
 } from "../../shells/kube/leader-election.ts";
 import { KubeApiError, type KubeRest } from "../../shells/kube/rest.ts";
-import type { Clock } from "../../shells/workqueue.ts";
-import { FakeClock, flush } from "../support/fake-clock.ts";
+import { FakeClock } from "../support/fake-clock.ts";
 
 /** The apiserver's view of one Lease: resourceVersion-checked create and update. */
 class LeaseServer {

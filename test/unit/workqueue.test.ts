@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { type Clock, type Handler, WorkQueue, type WorkQueueOptions } from "../../shells/workqueue.ts";
+import { type Handler, WorkQueue, type WorkQueueOptions } from "../../shells/workqueue.ts";
 import { FakeClock, flush } from "../support/fake-clock.ts";
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
