@@ -237,16 +237,27 @@ async function main(): Promise<void> {
   });
   secrets.onDelete((s: SecretMeta, _info: DeleteInfo) => {
     const key = taskKeyOfSecret(s);
-    if (!key) return;
+    // The same test as for adds: deleting a look-alike changes nothing.
+    if (
+      !key ||
+      s.metadata.name !== credentialSecretName(s.metadata.labels?.[TASK_LABEL] ?? "") ||
+      !s.ownedByTask
+    ) {
+      return;
+    }
     credentialIndex.set(key, undefined);
     if (tasks.hasSynced()) enqueue(key);
   });
-  const ensureBundle = (ns: string) =>
-    bundles
+  // Only the leader writes bundles: a standby's view of the revoked list is
+  // not authoritative, and two writers would overwrite each other.
+  const ensureBundle = async (ns: string) => {
+    if (!leading) return;
+    await bundles
       .ensure(ns)
       .catch((err: unknown) =>
         log.warn("trust bundle not published", { namespace: ns, error: errorText(err) }),
       );
+  };
   bundleMaps.onUpdate((_o, c) => {
     bundles.observed(c.metadata.namespace, c.metadata.annotations?.[CONTENT_HASH_ANNOTATION]);
     if (tasks.list(c.metadata.namespace).length > 0) void ensureBundle(c.metadata.namespace);
@@ -331,9 +342,6 @@ async function main(): Promise<void> {
   });
   tasks.start();
   await tasks.waitForSync();
-  // Bundles may be stale (a new CA or anchor since the last run) or missing
-  // (deleted while the operator was down): settle every namespace now.
-  for (const ns of new Set(tasks.list().map((t) => t.metadata.namespace))) void ensureBundle(ns);
   log.info("caches synced", {
     tasks: tasks.size,
     credentialSecrets: credentialIndex.size,
@@ -342,7 +350,7 @@ async function main(): Promise<void> {
 
   let stopping = false;
   const startLeading = async (epoch: number) => {
-    leaderRecorder = await createKafkaRecorder({
+    const writer = await createKafkaRecorder({
       brokers: config.kafka.brokers,
       topic: config.kafka.topic,
       partitions: config.kafka.partitions,
@@ -352,8 +360,16 @@ async function main(): Promise<void> {
       signingKey,
       log: log.child("provenance"),
     });
+    if (stopping) {
+      // SIGTERM (and the lease release) came while the writer was starting.
+      await writer.close();
+      return;
+    }
+    leaderRecorder = writer;
     leading = true;
     metrics.leader(true);
+    // Bundles may be stale (a new CA, anchor or revocation since the last
+    // leader) or missing (deleted meanwhile): settle every namespace now.
     for (const ns of new Set(tasks.list().map((c) => c.metadata.namespace))) publishRevoked(ns);
     // Overdue tasks first: a deadline that passed while no leader ran is
     // settled (credential deleted, Expired) before anything is issued.
@@ -373,7 +389,18 @@ async function main(): Promise<void> {
       log.error("lost leadership; exiting so that no write of ours overlaps the next leader");
       process.exit(1);
     }
-    await queue.shutdown();
+    // Drain in-flight reconciles, but never past the point where the lease
+    // (no longer renewed) could pass to a standby: then exit instead.
+    const drained = await Promise.race([
+      queue.shutdown().then(() => true),
+      new Promise<false>((r) =>
+        setTimeout(() => r(false), Math.max(500, config.renewDeadlineMs - 1000)).unref(),
+      ),
+    ]);
+    if (!drained) {
+      log.error("in-flight work did not drain before the lease could pass; exiting");
+      process.exit(1);
+    }
     await recorder.close();
   };
   const elector = config.leaderElection

@@ -178,7 +178,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         return cascadeRevoke(task, key, deleted.reason, deleted.message, t);
       }
       if (!result.ok) {
-        if (result.kind === "deny" && holdsCredential && DEAD_ANCESTOR.test(result.reason)) {
+        // A task that holds a credential and now breaks a chain rule (a dead
+        // ancestor, or a parent that narrowed its scope, ttl or deadline) is
+        // revoked, not merely denied: its certificate must be listed and
+        // recorded as revoked, because copies stay valid until notAfter.
+        if (result.kind === "deny" && holdsCredential) {
           return cascadeRevoke(task, key, result.reason, result.message, t);
         }
         if (result.kind === "deny") {
@@ -563,9 +567,6 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 }
 
 // ---------------------------------------------------------------- status builders
-
-/** Chain refusals that mean an ancestor is gone for good: a credential below it is revoked. */
-const DEAD_ANCESTOR = /^(Parent|Ancestor)(Revoked|Expired|Denied|Failed)$|^AncestorReplaced$/;
 
 /** The first ancestor (walking up) that is revoked, expired, denied, failed or being deleted. */
 function deadAncestorUid(

@@ -85,7 +85,10 @@ export class TrustBundlePublisher {
     if (this.isCurrent(namespace)) return Promise.resolve();
     const running = this.#inflight.get(namespace);
     // Content may have changed while a write was in flight: look again after it.
-    if (running) return running.then(() => this.ensure(namespace));
+    if (running) {
+      const again = () => this.ensure(namespace);
+      return running.then(again, again);
+    }
     const p = this.#write(namespace).finally(() => this.#inflight.delete(namespace));
     this.#inflight.set(namespace, p);
     return p;
