@@ -276,44 +276,102 @@ const ttl = kube(
       `between 5m and 24h. Default ${DEFAULT_TTL}.`,
   );
 
-export const AgentTaskSpecSchema = withCel(
-  z.object({
-    agent: AgentSchema,
-    delegator: DelegatorSchema.optional(),
-    parentRef: ParentRefSchema.optional(),
-    scope: scopeList,
-    audiences: kube(
-      z.array(z.string().max(MAX_AUDIENCE_LENGTH).regex(new RegExp(AUDIENCE_PATTERN))).max(MAX_AUDIENCES),
-      { "x-kubernetes-list-type": "set" },
-    )
-      .optional()
-      .describe(`Audiences the agent's credentials are meant for (at most ${MAX_AUDIENCES}).`),
-    ttl,
-    deadline: timestamp(
-      "RFC 3339 time after which the task is over: no certificate is issued or renewed past it.",
-    ).optional(),
-    serviceAccountName: dnsSubdomain(
-      "The ServiceAccount whose pods may mount this task's credentials (a DNS subdomain).",
-    ),
-    revoked: z
-      .boolean()
-      .optional()
-      .describe("Set to true to revoke the task and every task delegated from it."),
-    revocationReason: z
-      .string()
-      .max(MAX_REASON_LENGTH)
-      .optional()
-      .describe("Why the task was revoked; only with revoked: true."),
-  }),
-  [
-    {
-      name: "reason-only-when-revoked",
-      rule: "!has(self.revocationReason) || (has(self.revoked) && self.revoked)",
-      message: "revocationReason may be set only when revoked is true",
-      fieldPath: ".revocationReason",
-      holds: (spec) => spec.revocationReason === undefined || spec.revoked === true,
-    },
-  ],
+/**
+ * Identity-defining fields are immutable (a change needs a new task), and a
+ * revocation cannot be undone. Transition rules: the API server checks them
+ * on UPDATE only, against the stored object (oldSelf).
+ */
+const SPEC_TRANSITION_RULES: readonly CelValidation[] = [
+  {
+    rule: "self.agent == oldSelf.agent",
+    message: "spec.agent is immutable: it defines the identity; create a new AgentTask instead",
+    fieldPath: ".agent",
+  },
+  {
+    rule: "self.scope == oldSelf.scope",
+    message: "spec.scope is immutable: it defines the identity; create a new AgentTask instead",
+    fieldPath: ".scope",
+  },
+  {
+    rule: "self.serviceAccountName == oldSelf.serviceAccountName",
+    message: "spec.serviceAccountName is immutable: it defines the identity; create a new AgentTask instead",
+    fieldPath: ".serviceAccountName",
+  },
+  {
+    rule: "self.ttl == oldSelf.ttl",
+    message: "spec.ttl is immutable: it defines the identity; create a new AgentTask instead",
+    fieldPath: ".ttl",
+  },
+  {
+    rule: "has(self.delegator) == has(oldSelf.delegator) && (!has(self.delegator) || self.delegator == oldSelf.delegator)",
+    message: "spec.delegator is immutable: it defines the identity; create a new AgentTask instead",
+    fieldPath: ".delegator",
+  },
+  {
+    rule: "has(self.parentRef) == has(oldSelf.parentRef) && (!has(self.parentRef) || self.parentRef == oldSelf.parentRef)",
+    message: "spec.parentRef is immutable: it defines the identity; create a new AgentTask instead",
+    fieldPath: ".parentRef",
+  },
+  {
+    rule: "has(self.deadline) == has(oldSelf.deadline) && (!has(self.deadline) || self.deadline == oldSelf.deadline)",
+    message: "spec.deadline is immutable: it defines the identity; create a new AgentTask instead",
+    fieldPath: ".deadline",
+  },
+  {
+    rule: "has(self.audiences) == has(oldSelf.audiences) && (!has(self.audiences) || self.audiences == oldSelf.audiences)",
+    message: "spec.audiences is immutable: it defines the identity; create a new AgentTask instead",
+    fieldPath: ".audiences",
+  },
+  {
+    rule: "!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)",
+    message: "spec.revoked cannot be undone: a revoked task stays revoked",
+    fieldPath: ".revoked",
+  },
+];
+
+export const AgentTaskSpecSchema = kube(
+  withCel(
+    z.object({
+      agent: AgentSchema,
+      delegator: DelegatorSchema.optional(),
+      parentRef: ParentRefSchema.optional(),
+      scope: scopeList,
+      audiences: kube(
+        z.array(z.string().max(MAX_AUDIENCE_LENGTH).regex(new RegExp(AUDIENCE_PATTERN))).max(MAX_AUDIENCES),
+        { "x-kubernetes-list-type": "set" },
+      )
+        .optional()
+        .describe(`Audiences the agent's credentials are meant for (at most ${MAX_AUDIENCES}).`),
+      ttl,
+      deadline: timestamp(
+        "RFC 3339 time after which the task is over: no certificate is issued or renewed past it.",
+      ).optional(),
+      serviceAccountName: dnsSubdomain(
+        "The ServiceAccount whose pods may mount this task's credentials (a DNS subdomain).",
+      ),
+      revoked: z
+        .boolean()
+        .optional()
+        .describe("Set to true to revoke the task and every task delegated from it."),
+      revocationReason: z
+        .string()
+        .max(MAX_REASON_LENGTH)
+        .optional()
+        .describe("Why the task was revoked; only with revoked: true."),
+    }),
+    [
+      {
+        name: "reason-only-when-revoked",
+        rule: "!has(self.revocationReason) || (has(self.revoked) && self.revoked)",
+        message: "revocationReason may be set only when revoked is true",
+        fieldPath: ".revocationReason",
+        holds: (spec) => spec.revocationReason === undefined || spec.revoked === true,
+      },
+    ],
+  ),
+  {
+    "x-kubernetes-validations": SPEC_TRANSITION_RULES,
+  },
 ).describe("What the agent may do, for whom, and for how long.");
 
 // ---------------------------------------------------------------- status

@@ -254,6 +254,47 @@ describe("issuance", () => {
   });
 });
 
+describe("identity fields are immutable", () => {
+  const kubectlPatch = (name: string, patch: string) => {
+    try {
+      execFileSync(
+        join(env.binDir, "kubectl"),
+        ["patch", "at", name, "-n", ns, "--type=merge", "-p", patch],
+        {
+          env: { ...process.env, KUBECONFIG: env.kubeconfig },
+          stdio: "pipe",
+        },
+      );
+      return "";
+    } catch (e) {
+      return String((e as { stderr: Buffer }).stderr);
+    }
+  };
+
+  it("refuses an UPDATE that changes scope, parentRef or delegator, naming the field", async () => {
+    await createTask(task("frozen", {}));
+    await waitPhase("frozen", "Issued");
+    expect(kubectlPatch("frozen", '{"spec":{"scope":["*:*"]}}')).toMatch(/spec\.scope.*immutable/);
+    expect(kubectlPatch("frozen", '{"spec":{"parentRef":{"name":"other"}}}')).toMatch(
+      /spec\.parentRef.*immutable/,
+    );
+    expect(kubectlPatch("frozen", '{"spec":{"delegator":{"kind":"User","name":"ceo"}}}')).toMatch(
+      /spec\.delegator.*immutable/,
+    );
+    expect((await getTask("frozen")).status?.phase).toBe("Issued");
+  });
+
+  it("revokes on spec.revoked and refuses to undo it", async () => {
+    await createTask(task("revoke-once", {}));
+    await waitPhase("revoke-once", "Issued");
+    expect(kubectlPatch("revoke-once", '{"spec":{"revoked":true,"revocationReason":"test"}}')).toBe("");
+    await waitPhase("revoke-once", "Revoked");
+    expect(kubectlPatch("revoke-once", '{"spec":{"revoked":false,"revocationReason":null}}')).toMatch(
+      /spec\.revoked cannot be undone/,
+    );
+  });
+});
+
 describe("kubectl", () => {
   it("shows PHASE, DELEGATOR, SPIFFE-ID, EXPIRES, AGE, and with -o wide SCOPE and PARENT", async () => {
     await waitPhase("review-pr", "Issued");
