@@ -41,7 +41,7 @@ function withAnchors(ca: CertificateAuthority, extraPem: string | undefined): Ca
   const all: Uint8Array[] = [];
   const extra = extraPem ? certificatesFromPem(extraPem, "bundle.crt") : [];
   for (const der of [...ca.bundleDer, ...extra]) {
-    if (!all.some((d) => Buffer.compare(Buffer.from(d), Buffer.from(der)) === 0)) all.push(der);
+    if (!all.some((d) => Buffer.compare(d, der) === 0)) all.push(der);
   }
   return { ca, trustAnchorsDer: all, trustAnchorsPem: all.map((d) => toPem("CERTIFICATE", d)).join("") };
 }

@@ -212,12 +212,11 @@ export function loadCa(input: LoadCaInput): CertificateAuthority {
   const intermediatesDer: Uint8Array[] = selfSigned ? [] : [certDer!];
   const bundleDer: Uint8Array[] = selfSigned ? [certDer!] : [];
   let child = new X509Certificate(certDer!);
-  const sameDer = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, j) => x === b[j]);
   chain.forEach((der, i) => {
     const field = `chainPem[${i}]`;
     // A chain that repeats the CA itself (a self-signed root stored as both
     // tls.crt and ca.crt) adds nothing: never publish a root twice.
-    if (sameDer(der, certDer!) || bundleDer.some((b) => sameDer(b, der))) return;
+    if (bytesEqual(der, certDer!) || bundleDer.some((b) => bytesEqual(b, der))) return;
     const parsed = parseCertificate(der, field);
     requireCa(parsed, field);
     const parent = new X509Certificate(der);

@@ -15,8 +15,8 @@
 //     watch (the server's timeoutSeconds is shorter, so a healthy watch always
 //     ends or produces a bookmark before the watchdog fires).
 //
-// It is generic over the `ListWatch` interface below; shells/kube/client.ts
-// binds it to a real apiserver. Everything time-related goes through an
+// It is generic over the `ListWatch` interface below; restListWatch in
+// shells/kube/rest.ts binds it to a real apiserver. Everything time-related goes through an
 // injectable Clock so unit tests run on fake timers.
 
 import type { Logger } from "../log.ts";
