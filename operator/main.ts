@@ -3,7 +3,7 @@
 
 import { randomBytes, X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
-import { type AgentTask, API_VERSION, GROUP, PLURAL, VERSION } from "../core/api/v1alpha1.ts";
+import { type AgentTask, API_VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
@@ -24,6 +24,7 @@ import {
   MANAGED_BY_LABEL,
   SERIAL_ANNOTATION,
   TASK_LABEL,
+  taskCollectionPath,
 } from "./resources.ts";
 import { CredentialIndex, createTaskReconciler } from "./task-reconciler.ts";
 import { CONTENT_HASH_ANNOTATION, TrustBundlePublisher } from "./trust-bundle.ts";
@@ -100,7 +101,7 @@ async function main(): Promise<void> {
   // parses it when a reconcile needs it, which costs microseconds.
   const tasks = new Informer<CompactTask>({
     name: "agenttasks",
-    listWatch: restListWatch(rest, `/apis/${GROUP}/${VERSION}/${PLURAL}`),
+    listWatch: restListWatch(rest, taskCollectionPath()),
     transform: compactTask,
     logger: log.child("informer"),
   });
@@ -210,22 +211,17 @@ async function main(): Promise<void> {
     if (leading) queue.add(key);
   };
 
-  const taskKeyOfSecret = (s: SecretMeta) => {
+  // Only the Secret Custody names and owns counts: a look-alike labelled by
+  // someone else must neither tell the operator a credential exists nor,
+  // deleted, make it reissue.
+  const credentialKeyOf = (s: SecretMeta): string | undefined => {
     const task = s.metadata.labels?.[TASK_LABEL];
-    return task ? `${s.metadata.namespace}/${task}` : undefined;
+    if (!task || s.metadata.name !== credentialSecretName(task) || !s.ownedByTask) return undefined;
+    return `${s.metadata.namespace}/${task}`;
   };
   const observeSecret = (s: SecretMeta) => {
-    const key = taskKeyOfSecret(s);
-    // Only the Secret Custody names and owns counts: a look-alike labelled by
-    // someone else must not tell the operator a credential exists.
-    if (
-      !key ||
-      s.metadata.name !== credentialSecretName(s.metadata.labels?.[TASK_LABEL] ?? "") ||
-      !s.ownedByTask
-    )
-      return;
-    const serial = s.metadata.annotations?.[SERIAL_ANNOTATION];
-    credentialIndex.set(key, serial || undefined);
+    const key = credentialKeyOf(s);
+    if (key) credentialIndex.set(key, s.metadata.annotations?.[SERIAL_ANNOTATION] || undefined);
     return key;
   };
   secrets.onAdd((s) => {
@@ -236,15 +232,8 @@ async function main(): Promise<void> {
     if (key && tasks.hasSynced()) enqueue(key);
   });
   secrets.onDelete((s: SecretMeta, _info: DeleteInfo) => {
-    const key = taskKeyOfSecret(s);
-    // The same test as for adds: deleting a look-alike changes nothing.
-    if (
-      !key ||
-      s.metadata.name !== credentialSecretName(s.metadata.labels?.[TASK_LABEL] ?? "") ||
-      !s.ownedByTask
-    ) {
-      return;
-    }
+    const key = credentialKeyOf(s);
+    if (!key) return;
     credentialIndex.set(key, undefined);
     if (tasks.hasSynced()) enqueue(key);
   });

@@ -156,7 +156,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     const ns = task.metadata.namespace ?? "";
     const name = task.metadata.name;
 
-    if ((task.metadata as { deletionTimestamp?: string }).deletionTimestamp) {
+    if (isDeleting(task)) {
       await finalize(task, key);
       return;
     }
@@ -568,23 +568,38 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
 // ---------------------------------------------------------------- status builders
 
-/** The first ancestor (walking up) that is revoked, expired, denied, failed or being deleted. */
-function deadAncestorUid(
+type Lookup = (name: string) => AgentTask | undefined;
+
+/** The ancestors by parentRef, parent first, each with its name and (if cached) task; bounded against cycles. */
+function* ancestors(
   task: AgentTask,
-  lookup: (name: string) => AgentTask | undefined,
-): string | undefined {
-  let current = task;
-  for (let hops = 0; hops < 32; hops++) {
-    const parentName = current.spec?.parentRef?.name;
-    if (!parentName) return undefined;
-    const parent = lookup(parentName);
-    if (!parent) return undefined;
-    const phase = parent.status?.phase;
-    const deleting = (parent.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined;
-    if (deleting || parent.spec?.revoked === true || (phase && phase !== "Issued" && phase !== "Pending")) {
+  lookup: Lookup,
+): Generator<{ name: string; parent: AgentTask | undefined; hops: number }> {
+  let current: AgentTask | undefined = task;
+  for (let hops = 0; current && hops < 32; hops++) {
+    const name = current.spec?.parentRef?.name;
+    if (!name) return;
+    const parent = lookup(name);
+    yield { name, parent, hops };
+    current = parent;
+  }
+}
+
+const isDeleting = (t: AgentTask): boolean =>
+  (t.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined;
+
+/** The first ancestor (walking up) that is revoked, expired, denied, failed or being deleted. */
+function deadAncestorUid(task: AgentTask, lookup: Lookup): string | undefined {
+  for (const { parent } of ancestors(task, lookup)) {
+    const phase = parent?.status?.phase;
+    if (
+      parent &&
+      (isDeleting(parent) ||
+        parent.spec?.revoked === true ||
+        (phase && phase !== "Issued" && phase !== "Pending"))
+    ) {
       return parent.metadata.uid;
     }
-    current = parent;
   }
   return undefined;
 }
@@ -593,23 +608,14 @@ function deadAncestorUid(
  * An ancestor that is being deleted or is gone although this task was issued
  * under it: deleting a task revokes its whole subtree.
  */
-function deletedAncestor(
-  task: AgentTask,
-  lookup: (name: string) => AgentTask | undefined,
-): { reason: string; message: string } | undefined {
-  let current = task;
-  for (let hops = 0; hops < 32; hops++) {
-    const parentName = current.spec?.parentRef?.name;
-    if (!parentName) return undefined;
-    const parent = lookup(parentName);
+function deletedAncestor(task: AgentTask, lookup: Lookup): { reason: string; message: string } | undefined {
+  for (const { name, parent, hops } of ancestors(task, lookup)) {
+    if (parent && !isDeleting(parent)) continue;
     const who = hops === 0 ? "Parent" : "Ancestor";
-    if (!parent || (parent.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined) {
-      return {
-        reason: `${who}Deleted`,
-        message: `spec.parentRef.name: ${who.toLowerCase()} AgentTask "${parentName}" was deleted; its subtree is revoked`,
-      };
-    }
-    current = parent;
+    return {
+      reason: `${who}Deleted`,
+      message: `spec.parentRef.name: ${who.toLowerCase()} AgentTask "${name}" was deleted; its subtree is revoked`,
+    };
   }
   return undefined;
 }

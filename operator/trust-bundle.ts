@@ -29,28 +29,19 @@ export const CONTENT_HASH_ANNOTATION = "custody.dev/content-sha256";
 export class TrustBundlePublisher {
   readonly #rest: KubeRest;
   readonly #log: Logger;
-  #content: BundleContent;
-  #hash: string;
+  readonly #content: BundleContent;
+  readonly #hash: string;
   /** Namespace → hash last written or confirmed there. */
   readonly #published = new Map<string, string>();
   readonly #inflight = new Map<string, Promise<void>>();
-  /** Namespace → revoked.txt lines (sorted). */
-  readonly #revoked = new Map<string, string>();
+  /** Namespace → its content with revoked.txt, and that content's hash (computed once per change). */
+  readonly #withRevoked = new Map<string, { content: BundleContent; hash: string }>();
 
   constructor(rest: KubeRest, log: Logger, content: BundleContent) {
     this.#rest = rest;
     this.#log = log;
     this.#content = content;
     this.#hash = hashOf(content);
-  }
-
-  setContent(content: BundleContent): void {
-    this.#content = content;
-    this.#hash = hashOf(content);
-  }
-
-  get namespaces(): string[] {
-    return [...this.#published.keys()];
   }
 
   /** Called from the ConfigMap watch: a deleted or edited bundle is rewritten on the next ensure. */
@@ -62,18 +53,20 @@ export class TrustBundlePublisher {
 
   /** Sets the namespace's revoked certificates; ensure() publishes them. */
   setRevoked(namespace: string, lines: readonly string[]): void {
-    const text = [...lines].sort().join("\n");
-    if (text === "") this.#revoked.delete(namespace);
-    else this.#revoked.set(namespace, `${text}\n`);
+    if (lines.length === 0) {
+      this.#withRevoked.delete(namespace);
+      return;
+    }
+    const content = { ...this.#content, "revoked.txt": `${[...lines].sort().join("\n")}\n` };
+    this.#withRevoked.set(namespace, { content, hash: hashOf(content) });
   }
 
   #contentFor(namespace: string): BundleContent {
-    const revoked = this.#revoked.get(namespace);
-    return revoked ? { ...this.#content, "revoked.txt": revoked } : this.#content;
+    return this.#withRevoked.get(namespace)?.content ?? this.#content;
   }
 
   #hashFor(namespace: string): string {
-    return this.#revoked.has(namespace) ? hashOf(this.#contentFor(namespace)) : this.#hash;
+    return this.#withRevoked.get(namespace)?.hash ?? this.#hash;
   }
 
   isCurrent(namespace: string): boolean {
