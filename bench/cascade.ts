@@ -13,9 +13,10 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { Informer } from "../shells/kube/informer.ts";
-import { KubeApiError, KubeRest, restListWatch } from "../shells/kube/rest.ts";
+import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import type { LocalEnv } from "../test/env/local-env.ts";
 import { installCustody, OPERATOR_NODE_FLAGS, startOperator } from "../test/support/operator-process.ts";
+import { retryWhileUnavailable } from "../test/support/unavailable.ts";
 
 const argv = process.argv.slice(2);
 const N = Number(argv[argv.indexOf("--descendants") + 1] || 1000);
@@ -43,15 +44,9 @@ async function create(name: string, parent?: string, scope = ["read:repos/acme/*
       serviceAccountName: "bench",
     },
   };
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await rest.post(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`, body);
-      return;
-    } catch (err) {
-      if (!(err instanceof KubeApiError && err.code === 503) || attempt > 50) throw err;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+  await retryWhileUnavailable(() =>
+    rest.post(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`, body),
+  );
 }
 
 async function until(pred: () => boolean, timeoutMs: number, what: string) {

@@ -14,9 +14,10 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { Informer } from "../shells/kube/informer.ts";
-import { KubeApiError, KubeRest, restListWatch } from "../shells/kube/rest.ts";
+import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import type { LocalEnv } from "../test/env/local-env.ts";
 import { installCustody, OPERATOR_NODE_FLAGS, startOperator } from "../test/support/operator-process.ts";
+import { retryWhileUnavailable } from "../test/support/unavailable.ts";
 
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2)
@@ -65,17 +66,10 @@ function taskBody(name: string) {
 
 async function create(name: string): Promise<void> {
   created.set(name, performance.now());
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await rest.post(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`, taskBody(name));
-      return;
-    } catch (err) {
-      // A just-installed CRD can answer 503 for a moment.
-      if (!(err instanceof KubeApiError && err.code === 503) || attempt > 50) throw err;
-      await new Promise((r) => setTimeout(r, 100));
-      created.set(name, performance.now());
-    }
-  }
+  await retryWhileUnavailable(
+    () => rest.post(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`, taskBody(name)),
+    { onRetry: () => created.set(name, performance.now()) },
+  );
 }
 
 function waitIssued(names: string[], timeoutMs: number): Promise<void> {

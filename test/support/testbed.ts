@@ -6,6 +6,7 @@ import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client
 import { kubeConfigFor, type LocalEnv } from "../env/local-env.ts";
 import { eventually } from "./eventually.ts";
 import { installCustody, type OperatorProcess, startOperator } from "./operator-process.ts";
+import { retryWhileUnavailable } from "./unavailable.ts";
 
 export const GROUP = "custody.dev";
 export const VERSION = "v1alpha1";
@@ -67,25 +68,18 @@ export async function startTestbed(
     opNs,
     topic,
     operators,
-    async createTask(body) {
-      let lastError: unknown;
-      for (const started = Date.now(); Date.now() - started < 20_000; ) {
-        try {
-          await custom.createNamespacedCustomObject({
+    createTask: async (body) => {
+      await retryWhileUnavailable(
+        () =>
+          custom.createNamespacedCustomObject({
             group: GROUP,
             version: VERSION,
             namespace: ns,
             plural: PLURAL,
             body,
-          });
-          return;
-        } catch (err) {
-          if ((err as { code?: number }).code !== 503) throw err;
-          lastError = err;
-          await new Promise((r) => setTimeout(r, 200));
-        }
-      }
-      throw lastError;
+          }),
+        { delayMs: 200 },
+      );
     },
     getTask,
     waitPhase: <T extends { status?: { phase?: string } }>(name: string, phase: string, timeoutMs = 20_000) =>
