@@ -20,6 +20,33 @@ export function specDigest(spec: AgentTaskSpec): Buffer {
   return sha256(canonicalize(spec));
 }
 
+/**
+ * The fields that define a task's identity: admission signs their digest, and
+ * the API server refuses an UPDATE that changes any of them (CEL transition
+ * rules), so a change needs a new task.
+ */
+export const IDENTITY_FIELDS = [
+  "agent",
+  "delegator",
+  "scope",
+  "parentRef",
+  "serviceAccountName",
+  "ttl",
+  "deadline",
+  "audiences",
+] as const;
+
+/**
+ * SHA-256 (hex) over the RFC 8785 form of the identity-defining fields only:
+ * what the admission record and delegation assertions bind to. Fields outside
+ * IDENTITY_FIELDS (e.g. `revoked`) may change without breaking the record.
+ */
+export function identitySpecDigest(spec: Partial<Record<string, unknown>>): string {
+  const picked: Record<string, unknown> = {};
+  for (const f of IDENTITY_FIELDS) if (spec[f] !== undefined) picked[f] = spec[f];
+  return createHash("sha256").update(canonicalize(picked), "utf8").digest("hex");
+}
+
 /** SHA-256 over the RFC 8785 form of the chain (root first). */
 export function chainDigest(chain: readonly ChainLink[]): Buffer {
   return sha256(canonicalize(chain));

@@ -35,6 +35,31 @@ const schema = z.object({
   CUSTODY_LEASE_DURATION_SECONDS: z.coerce.number().int().min(2).max(300).default(8),
   CUSTODY_RENEW_DEADLINE_SECONDS: z.coerce.number().int().min(1).max(299).default(5),
   CUSTODY_RETRY_PERIOD_SECONDS: z.coerce.number().int().min(1).max(60).default(1),
+  // Admission webhook (served by every replica; registered by the leader).
+  CUSTODY_WEBHOOK_ADDR: listenAddress.default("127.0.0.1:8443"),
+  /** Register with clientConfig.url (an operator outside the cluster, as in `make run`). */
+  CUSTODY_WEBHOOK_URL: z
+    .url({ protocol: /^https$/, error: "must be an https:// URL, e.g. https://127.0.0.1:8443" })
+    .optional(),
+  /** Otherwise register through this Service in CUSTODY_NAMESPACE. */
+  CUSTODY_WEBHOOK_SERVICE: z
+    .string()
+    .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, "must be a DNS label")
+    .default("custody-webhook"),
+  CUSTODY_WEBHOOK_SERVICE_PORT: z.coerce.number().int().min(1).max(65535).default(443),
+  CUSTODY_WEBHOOK_CONFIG_NAME: z
+    .string()
+    .regex(/^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/, "must be a DNS subdomain")
+    .default("custody"),
+  /** A JSON label selector limiting every webhook to matching namespaces (several installations side by side, tests). */
+  CUSTODY_WEBHOOK_NAMESPACE_SELECTOR: z.string().optional(),
+  /** Remove the fail-closed registrations when this process stops (make run: the shared local cluster stays usable). */
+  CUSTODY_WEBHOOK_REMOVE_ON_EXIT: z.enum(["true", "false"]).default("false"),
+  /** Namespaces whose pods and workloads are never injected. */
+  CUSTODY_EXCLUDED_NAMESPACES: z.string().default("kube-system"),
+  /** JSON list of trusted delegation-assertion issuers (docs/delegation-assertions.md). */
+  CUSTODY_ASSERTION_ISSUERS: z.string().optional(),
+  CUSTODY_RECORD_MAX_SKEW_SECONDS: z.coerce.number().int().min(1).max(60).default(5),
 });
 
 export interface OperatorConfig {
@@ -54,6 +79,17 @@ export interface OperatorConfig {
   leaseDurationMs: number;
   renewDeadlineMs: number;
   retryPeriodMs: number;
+  webhook: {
+    addr: { host: string; port: number };
+    url: string | undefined;
+    service: { name: string; port: number };
+    configName: string;
+    namespaceSelector: Record<string, unknown> | undefined;
+    removeOnExit: boolean;
+    excludedNamespaces: string[];
+  };
+  assertionIssuers: unknown[] | undefined;
+  recordMaxSkewMs: number;
 }
 
 export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig {
@@ -66,6 +102,7 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
   validateTrustDomain(c.CUSTODY_TRUST_DOMAIN, "CUSTODY_TRUST_DOMAIN");
   parseTtl(c.CUSTODY_DEFAULT_TTL, "CUSTODY_DEFAULT_TTL");
   const [host, port] = splitHostPort(c.CUSTODY_HEALTH_ADDR);
+  const [webhookHost, webhookPort] = splitHostPort(c.CUSTODY_WEBHOOK_ADDR);
   return {
     trustDomain: c.CUSTODY_TRUST_DOMAIN,
     namespace: c.CUSTODY_NAMESPACE,
@@ -89,7 +126,47 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
     leaseDurationMs: c.CUSTODY_LEASE_DURATION_SECONDS * 1000,
     renewDeadlineMs: c.CUSTODY_RENEW_DEADLINE_SECONDS * 1000,
     retryPeriodMs: c.CUSTODY_RETRY_PERIOD_SECONDS * 1000,
+    webhook: {
+      addr: { host: webhookHost, port: webhookPort },
+      url: c.CUSTODY_WEBHOOK_URL,
+      service: { name: c.CUSTODY_WEBHOOK_SERVICE, port: c.CUSTODY_WEBHOOK_SERVICE_PORT },
+      configName: c.CUSTODY_WEBHOOK_CONFIG_NAME,
+      namespaceSelector: jsonObject(
+        c.CUSTODY_WEBHOOK_NAMESPACE_SELECTOR,
+        "CUSTODY_WEBHOOK_NAMESPACE_SELECTOR",
+      ),
+      removeOnExit: c.CUSTODY_WEBHOOK_REMOVE_ON_EXIT === "true",
+      excludedNamespaces: c.CUSTODY_EXCLUDED_NAMESPACES.split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+    },
+    assertionIssuers: jsonList(c.CUSTODY_ASSERTION_ISSUERS, "CUSTODY_ASSERTION_ISSUERS"),
+    recordMaxSkewMs: c.CUSTODY_RECORD_MAX_SKEW_SECONDS * 1000,
   };
+}
+
+function jsonValue(text: string | undefined, name: string): unknown {
+  if (text === undefined || text.trim() === "") return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new Error(`invalid operator configuration:\n  ${name}: must be JSON (${(err as Error).message})`);
+  }
+}
+
+function jsonObject(text: string | undefined, name: string): Record<string, unknown> | undefined {
+  const v = jsonValue(text, name);
+  if (v === undefined) return undefined;
+  if (v === null || typeof v !== "object" || Array.isArray(v))
+    throw new Error(`invalid operator configuration:\n  ${name}: must be a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+function jsonList(text: string | undefined, name: string): unknown[] | undefined {
+  const v = jsonValue(text, name);
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v)) throw new Error(`invalid operator configuration:\n  ${name}: must be a JSON array`);
+  return v;
 }
 
 function splitHostPort(addr: string): [string, number] {

@@ -5,6 +5,7 @@ import { randomBytes, X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
 import { type AgentTask, API_VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
+import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
 import { LeaderElector } from "../shells/kube/leader-election.ts";
@@ -16,7 +17,7 @@ import { loadOrCreateCa } from "./ca-store.ts";
 import { loadOperatorConfig } from "./config.ts";
 import { boundPort, serveHealth } from "./health.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
-import { createKafkaRecorder, loadOrCreateSigningKey, type ProvenanceRecorder } from "./provenance.ts";
+import { createKafkaRecorder, type ProvenanceRecorder } from "./provenance.ts";
 import {
   COMPONENT_LABEL,
   credentialSecretName,
@@ -26,6 +27,7 @@ import {
   TASK_LABEL,
   taskCollectionPath,
 } from "./resources.ts";
+import { ADMISSION_KEY_SECRET, loadOrCreateSigningKey } from "./signing-keys.ts";
 import { CredentialIndex, createTaskReconciler } from "./task-reconciler.ts";
 import { CONTENT_HASH_ANNOTATION, TrustBundlePublisher } from "./trust-bundle.ts";
 
@@ -64,6 +66,17 @@ async function main(): Promise<void> {
     log,
   });
   const signingKey = await loadOrCreateSigningKey(rest, config.namespace, log);
+  // The admission webhook's key: it signs requester records and workload
+  // stamps; the reconciler verifies records with its public half.
+  const admissionKey = await loadOrCreateSigningKey(
+    rest,
+    config.namespace,
+    log,
+    ADMISSION_KEY_SECRET,
+    "admission-key",
+  );
+  const admissionSigner = createEs256Signer(admissionKey);
+  const admissionKeys = createKeyRing([admissionKey]);
   // The provenance writer exists only while this replica leads: one writer
   // per stream, its epoch the Lease's transition count.
   let leaderRecorder: ProvenanceRecorder | undefined;
@@ -159,6 +172,8 @@ async function main(): Promise<void> {
     events,
     bundles,
     trustDomain: config.trustDomain,
+    recordKeys: admissionKeys,
+    recordMaxSkewMs: config.recordMaxSkewMs,
     renewJitter: config.renewJitter,
     log: log.child("reconciler"),
     metrics,

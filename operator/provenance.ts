@@ -2,15 +2,13 @@
 // writer's hash-chained, signed stream and resolves only when Kafka has
 // acknowledged the record (acks=all, idempotent producer). Issuance awaits it,
 // so no credential is written before its `issued` event is durable.
-import { createPrivateKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
+import { type KeyObject, randomUUID } from "node:crypto";
 import { Kafka, logLevel } from "kafkajs";
 import { createStreamWriter, type StreamWriter } from "../core/provenance/chain.ts";
 import type { EventData, EventType } from "../core/provenance/events.ts";
-import { createEs256Signer, jwkThumbprint } from "../core/provenance/sign.ts";
+import { createEs256Signer } from "../core/provenance/sign.ts";
 import { BatchingProducer } from "../shells/kafka/batching-producer.ts";
-import { isAlreadyExists, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
-import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, secretPath } from "./resources.ts";
 
 export interface ProvenanceRecorder {
   /** Appends one event; resolves once Kafka acknowledged it. */
@@ -111,45 +109,4 @@ async function ensureTopic(kafka: Kafka, opts: KafkaRecorderOptions): Promise<vo
   } finally {
     await admin.disconnect();
   }
-}
-
-const PROVENANCE_KEY_SECRET = "custody-provenance-signing-key";
-
-/** Loads the provenance signing key from its Secret, or creates one on first start. */
-export async function loadOrCreateSigningKey(
-  rest: KubeRest,
-  namespace: string,
-  log: Logger,
-): Promise<KeyObject> {
-  const path = secretPath(namespace, PROVENANCE_KEY_SECRET);
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      const s = await rest.get<{ data?: Record<string, string> }>(path);
-      const pem = s.data?.["key.pem"];
-      if (!pem) throw new Error(`Secret ${namespace}/${PROVENANCE_KEY_SECRET}: missing key.pem`);
-      return createPrivateKey(Buffer.from(pem, "base64").toString("utf8"));
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-    }
-    const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
-    const pem = privateKey.export({ format: "pem", type: "pkcs8" }).toString();
-    try {
-      await rest.post(secretPath(namespace), {
-        apiVersion: "v1",
-        kind: "Secret",
-        metadata: {
-          name: PROVENANCE_KEY_SECRET,
-          namespace,
-          labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "provenance-key" },
-          annotations: { "custody.dev/key-id": jwkThumbprint(publicKey) },
-        },
-        data: { "key.pem": Buffer.from(pem).toString("base64") },
-      });
-      log.info("provenance signing key generated", { kid: jwkThumbprint(publicKey) });
-      return privateKey;
-    } catch (err) {
-      if (!isAlreadyExists(err)) throw err;
-    }
-  }
-  throw new Error(`Secret ${namespace}/${PROVENANCE_KEY_SECRET}: could not load or create`);
 }

@@ -9,12 +9,21 @@
 //
 // Nothing reaches a Secret before its provenance record is acknowledged.
 import { randomBytes, randomInt } from "node:crypto";
+import {
+  checkRecordMatchesSpec,
+  DEFAULT_RECORD_MAX_SKEW_MS,
+  REQUESTER_RECORD_ANNOTATION,
+  type RequesterRecord,
+  statusDelegatorOf,
+  verifyRequesterRecord,
+} from "../core/admission/record.ts";
 import type { AgentTask, AgentTaskStatus, ChainLink, StatusDelegator } from "../core/api/v1alpha1.ts";
 import { type ChainAccepted, DEFAULT_MAX_DEPTH, evaluateChain } from "../core/chain.ts";
 import { chainDigest, delegationInfo, rootChain } from "../core/delegation.ts";
 import { ValidationError } from "../core/errors.ts";
 import { type Decision, decide, sameStatus, setCondition, validityWindow } from "../core/lifecycle.ts";
 import type { DelegationContext } from "../core/provenance/events.ts";
+import type { KeyRing } from "../core/provenance/sign.ts";
 import { buildTaskSpiffeId } from "../core/spiffe.ts";
 import {
   type CertificateAuthority,
@@ -61,6 +70,10 @@ export interface TaskReconcilerDeps {
   events: TaskEventRecorder;
   bundles: TrustBundlePublisher;
   trustDomain: string;
+  /** Public keys of the admission webhook: a task issues only with a requester record they verify. */
+  recordKeys: KeyRing;
+  /** How far the record's issuedAt may be from creationTimestamp. */
+  recordMaxSkewMs?: number;
   renewJitter: number;
   /** Most AgentTask hops above a task (issue 5's cap; default 5). */
   maxChainDepth?: number;
@@ -164,6 +177,19 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     const t = now();
     const decision: Decision = decide(task, { serial: deps.credentials.get(key) }, t);
 
+    // No credential without proof of who asked: the webhook's signed record
+    // must verify and belong to this very object (see core/admission/record.ts).
+    let admission: RequesterRecord | undefined;
+    if (decision.kind === "issue" || decision.kind === "wait") {
+      const proven = proveRequester(task);
+      if ("error" in proven) {
+        const holdsCredential = task.status?.phase === "Issued" || deps.credentials.get(key) !== undefined;
+        if (holdsCredential) return cascadeRevoke(task, key, "RequesterUnproven", proven.error, t);
+        return denyTask(task, key, "RequesterUnproven", proven.error, t, "delegation");
+      }
+      admission = proven.record;
+    }
+
     // A sub-agent: the chain rules depend on the ancestors' current state,
     // so they are checked on every pass that could keep or mint a credential.
     let accepted: ChainAccepted | undefined;
@@ -246,7 +272,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     const ca = deps.ca();
     const spec = decision.spec;
     const uid = task.metadata.uid ?? "";
-    const delegator = accepted ? delegatorOfChain(accepted.chain, task) : effectiveDelegator(task);
+    const delegator = accepted ? delegatorOfChain(accepted.chain, task) : statusDelegatorOf(admission!);
     const chain = accepted ? accepted.chain : rootChain(delegator, { name, uid }, spec.scope);
     const deadline = accepted ? accepted.effectiveDeadline : spec.deadline;
     const spiffeId = buildTaskSpiffeId({
@@ -331,7 +357,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       },
       nowIso,
     );
-    conditions = setCondition(conditions, delegatorCondition(task), nowIso);
+    conditions = setCondition(conditions, delegatorCondition(task, admission!), nowIso);
     const status: AgentTaskStatus = {
       phase: "Issued",
       spiffeID: spiffeId,
@@ -368,13 +394,38 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
   // ---------------------------------------------------------------- helpers
 
+  function proveRequester(task: AgentTask): { record: RequesterRecord } | { error: string } {
+    try {
+      const record = verifyRequesterRecord(
+        task.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION],
+        deps.recordKeys,
+        {
+          namespace: task.metadata.namespace ?? "",
+          name: task.metadata.name,
+          spec: task.spec as unknown as Record<string, unknown>,
+          creationTimestamp: task.metadata.creationTimestamp,
+        },
+        deps.recordMaxSkewMs ?? DEFAULT_RECORD_MAX_SKEW_MS,
+      );
+      checkRecordMatchesSpec(record, task.spec);
+      return { record };
+    } catch (err) {
+      if (!(err instanceof ValidationError)) throw err;
+      return {
+        error:
+          `${err.message}; without a verified admission record no credential is issued ` +
+          "(was the task created while Custody's admission webhook was not registered?)",
+      };
+    }
+  }
+
   /** The delegation context of an event: the chain being issued, else the one in status. */
   function contextOf(task: AgentTask, chain?: readonly ChainLink[]): DelegationContext {
     const uid = task.metadata.uid ?? "unknown";
     const links =
       chain ??
       task.status?.delegationChain ??
-      rootChain(effectiveDelegator(task), { name: task.metadata.name, uid }, scopeOf(task));
+      rootChain(unprovenDelegator(task), { name: task.metadata.name, uid }, scopeOf(task));
     const taskUids = links.filter((l) => l.kind === "AgentTask").map((l) => l.uid || "unknown");
     const chainUids = taskUids.length > 0 && taskUids[taskUids.length - 1] === uid ? taskUids : [uid];
     return {
@@ -623,7 +674,7 @@ function deletedAncestor(task: AgentTask, lookup: Lookup): { reason: string; mes
 /** The delegating principal at the root of an accepted chain. */
 function delegatorOfChain(chain: readonly ChainLink[], task: AgentTask): StatusDelegator {
   const root = chain[0];
-  if (!root || root.kind === "AgentTask") return effectiveDelegator(task);
+  if (!root || root.kind === "AgentTask") return unprovenDelegator(task);
   return { kind: root.kind, name: root.name, ...(root.uid ? { uid: root.uid } : {}) };
 }
 
@@ -663,14 +714,13 @@ function target(task: AgentTask) {
 }
 
 /**
- * Until admission proves who delegated (the admission issue), the operator
- * knows only what the spec claims. A claim must never read as a fact in a
- * CA-signed certificate, so the name carries the `unproven:` marker
- * everywhere it appears (certificate extension, status, chain, events).
+ * A task never issued has no proven delegator; its provenance events (denied,
+ * deleted) still need a chain context. What the spec claims is marked as a
+ * claim (`unproven:`) so it never reads as a fact.
  */
 export const UNPROVEN_PREFIX = "unproven:";
 
-function effectiveDelegator(task: AgentTask): StatusDelegator {
+function unprovenDelegator(task: AgentTask): StatusDelegator {
   const d = task.spec?.delegator;
   if (d) {
     const name = d.namespace ? `system:serviceaccount:${d.namespace}:${d.name}` : d.name;
@@ -679,17 +729,30 @@ function effectiveDelegator(task: AgentTask): StatusDelegator {
   return { kind: "User", name: `${UNPROVEN_PREFIX}requester` };
 }
 
-function delegatorCondition(task: AgentTask) {
+function delegatorCondition(task: AgentTask, record: RequesterRecord) {
+  const how: Record<RequesterRecord["proof"]["method"], string> = {
+    requester: "the delegator is the authenticated requester",
+    impersonate: "the requester may impersonate the delegator (SubjectAccessReview)",
+    assertion: `a signed assertion from ${record.proof.assertion?.issuer ?? "a configured issuer"} (jti ${record.proof.assertion?.jti ?? "?"})`,
+    "parent-pod": `created by pod ${record.proof.pod?.name ?? "?"} carrying the parent's identity`,
+    "parent-delegator": "created by the parent's requester or delegator",
+  };
   return {
     type: "DelegatorProven",
-    status: "False" as const,
-    reason: task.spec?.delegator ? "Declared" : "RequesterUnknown",
-    message:
-      "no admission record proves the delegator, so it is recorded as a claim (unproven:<name>) " +
-      "in the status, the certificate and provenance; admission-time proof arrives with the admission webhook",
+    status: "True" as const,
+    reason: PROOF_REASON[record.proof.method],
+    message: `requested by ${record.requester.username}; ${how[record.proof.method]}`.slice(0, 1024),
     observedGeneration: task.metadata.generation ?? 0,
   };
 }
+
+const PROOF_REASON: Record<RequesterRecord["proof"]["method"], string> = {
+  requester: "Requester",
+  impersonate: "Impersonation",
+  assertion: "SignedAssertion",
+  "parent-pod": "ParentPod",
+  "parent-delegator": "ParentDelegator",
+};
 
 /** Ready (and Issuing, when given) conditions for this generation, keeping transition times. */
 function conditionsFor(

@@ -1,9 +1,16 @@
 // The issuance seam, with fakes for the I/O shells: no credential reaches a
 // Secret (or the status) before its provenance record is acknowledged, and a
 // record that fails leaves nothing behind.
-import { randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
+import {
+  REQUESTER_RECORD_ANNOTATION,
+  type RequesterRecord,
+  signRequesterRecord,
+} from "../../core/admission/record.ts";
 import type { AgentTask } from "../../core/api/v1alpha1.ts";
+import { identitySpecDigest } from "../../core/delegation.ts";
+import { createEs256Signer, createKeyRing } from "../../core/provenance/sign.ts";
 import { generateCa, serialFromRandom } from "../../core/x509/index.ts";
 import type { TaskEventRecorder } from "../../operator/kube-events.ts";
 import type { ProvenanceRecorder } from "../../operator/provenance.ts";
@@ -19,8 +26,28 @@ const { ca } = generateCa({
   serial: serialFromRandom(randomBytes(16)),
 });
 
-function task(): AgentTask {
-  return {
+const webhookKey = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+const signer = createEs256Signer(webhookKey);
+const created = new Date(Math.floor(Date.now() / 1000) * 1000).toISOString();
+
+/** The record the admission webhook would sign for task(); `change` forges or copies one. */
+function signedRecord(t: AgentTask, change: (r: RequesterRecord) => void = () => {}, by = signer): string {
+  const record: RequesterRecord = {
+    v: 1,
+    namespace: "ns",
+    name: "t1",
+    issuedAt: created,
+    specDigest: identitySpecDigest(t.spec as unknown as Record<string, unknown>),
+    requester: { username: "bob", groups: ["agent-builders"] },
+    delegator: { kind: "User", name: "alice" },
+    proof: { method: "impersonate" },
+  };
+  change(record);
+  return signRequesterRecord(by, record);
+}
+
+function task(record?: (t: AgentTask) => string | undefined): AgentTask {
+  const t: AgentTask = {
     apiVersion: "custody.dev/v1alpha1",
     kind: "AgentTask",
     metadata: {
@@ -30,7 +57,7 @@ function task(): AgentTask {
       generation: 1,
       resourceVersion: "10",
       finalizers: ["custody.dev/revoke-credential"],
-      creationTimestamp: new Date().toISOString(),
+      creationTimestamp: created,
     } as AgentTask["metadata"],
     spec: {
       agent: { name: "agent" },
@@ -40,9 +67,12 @@ function task(): AgentTask {
       ttl: "1h",
     },
   };
+  const annotation = (record ?? ((x) => signedRecord(x)))(t);
+  if (annotation !== undefined) t.metadata.annotations = { [REQUESTER_RECORD_ANNOTATION]: annotation };
+  return t;
 }
 
-function harness(record: (type: string) => Promise<void>) {
+function harness(record: (type: string) => Promise<void>, theTask: () => AgentTask = () => task()) {
   const calls: string[] = [];
   const bodies: Record<string, unknown> = {};
   const rest = {
@@ -58,7 +88,7 @@ function harness(record: (type: string) => Promise<void>) {
     },
     patch: async (path: string) => {
       calls.push(`PATCH ${path}`);
-      return task();
+      return theTask();
     },
     delete: async (path: string) => {
       calls.push(`DELETE ${path}`);
@@ -77,13 +107,14 @@ function harness(record: (type: string) => Promise<void>) {
   };
   const reconciler = createTaskReconciler({
     rest,
-    getTask: (key) => (key === "ns/t1" ? task() : undefined),
+    getTask: (key) => (key === "ns/t1" ? theTask() : undefined),
     credentials: new CredentialIndex(),
     ca: () => ca,
     recorder,
     events: { emit: () => {} } as unknown as TaskEventRecorder,
     bundles: { ensure: async () => {} } as unknown as TrustBundlePublisher,
     trustDomain: "custody.local",
+    recordKeys: createKeyRing([webhookKey]),
     renewJitter: 0.05,
     log: silentLogger,
   });
@@ -103,8 +134,12 @@ describe("the issuance seam", () => {
     expect(Object.keys(secret.data).sort()).toEqual(["ca.crt", "spiffe-id", "tls.crt", "tls.key"]);
     const status = (bodies[STATUS] as AgentTask).status!;
     expect(status.phase).toBe("Issued");
-    // A delegator nobody proved is marked as a claim, never stated as a fact.
-    expect(status.delegator?.name).toBe("unproven:alice");
+    // The delegator comes from the verified admission record.
+    expect(status.delegator).toEqual({ kind: "User", name: "alice" });
+    expect(status.conditions?.find((c) => c.type === "DelegatorProven")).toMatchObject({
+      status: "True",
+      reason: "Impersonation",
+    });
     expect(result).toMatchObject({ requeueAfterMs: expect.any(Number) });
   });
 
@@ -129,4 +164,59 @@ describe("the issuance seam", () => {
     await expect(reconciler.reconcile("ns/t1")).rejects.toThrow("broker unreachable");
     expect(calls).toEqual(["record dev.custody.task.issued"]);
   });
+});
+
+describe("the requester record", () => {
+  const otherKey = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+  const cases: Array<[string, (t: AgentTask) => string | undefined, string]> = [
+    ["missing", () => undefined, "rule present"],
+    ["signed by another key", (t) => signedRecord(t, () => {}, createEs256Signer(otherKey)), "rule kid"],
+    ["for another task", (t) => signedRecord(t, (r) => (r.name = "t2")), "rule subject"],
+    [
+      "binding another spec",
+      (t) => signedRecord({ ...t, spec: { ...t.spec, scope: ["write:x/*"] } }),
+      "rule spec-digest",
+    ],
+    [
+      "copied from a deleted task of the same name",
+      (t) => signedRecord(t, (r) => (r.issuedAt = new Date(Date.parse(created) - 60_000).toISOString())),
+      "rule issued-at",
+    ],
+    [
+      "proving someone other than the declared delegator",
+      (t) => signedRecord(t, (r) => (r.delegator = { kind: "User", name: "bob" })),
+      "rule delegator",
+    ],
+    [
+      "tampered after signing",
+      (t) => {
+        const [h, p, sig] = signedRecord(t).split(".");
+        const payload = JSON.parse(Buffer.from(p!, "base64url").toString()) as RequesterRecord;
+        payload.delegator.name = "root";
+        return `${h}.${Buffer.from(JSON.stringify(payload)).toString("base64url")}.${sig}`;
+      },
+      "rule signature",
+    ],
+  ];
+  for (const [what, make, rule] of cases) {
+    it(`denies a task whose record is ${what}, with no credential and no issued record`, async () => {
+      const { calls, bodies, reconciler } = harness(
+        async () => {},
+        () => task(make),
+      );
+      await reconciler.reconcile("ns/t1");
+      // Deny removes any credential (none here), records, then writes status: never a Secret write.
+      expect(calls).toEqual([
+        `DELETE ${SECRET.slice(5)}/custody-svid-t1`,
+        "record dev.custody.task.denied",
+        STATUS,
+      ]);
+      const status = (bodies[STATUS] as AgentTask).status!;
+      expect(status.phase).toBe("Denied");
+      const ready = status.conditions?.find((c) => c.type === "Ready");
+      expect(ready?.reason).toBe("RequesterUnproven");
+      expect(ready?.message).toContain(`metadata.annotations[${REQUESTER_RECORD_ANNOTATION}]`);
+      expect(ready?.message).toContain(rule);
+    });
+  }
 });
