@@ -44,7 +44,8 @@ export interface VerifiedAssertion {
   jti: string;
   /** Hex SHA-256 of the token: what the record keeps instead of the token. */
   digest: string;
-  expiresAt: Date;
+  /** Until when a replay could still verify (exp plus clock skew): the jti is remembered that long. */
+  acceptedUntil: Date;
 }
 
 export interface AgentTaskAdmissionDeps {
@@ -64,7 +65,7 @@ export interface AgentTaskAdmissionDeps {
     ): Promise<VerifiedAssertion>;
   };
   /** Accepts a jti once across replicas and restarts; throws on a replay. */
-  claimJti?: (issuer: string, jti: string, expiresAt: Date) => Promise<void>;
+  claimJti?: (issuer: string, jti: string, acceptedUntil: Date) => Promise<void>;
   recordMaxSkewMs?: number;
 }
 
@@ -113,8 +114,12 @@ async function admitCreate(deps: AgentTaskAdmissionDeps, req: AdmissionRequest):
   try {
     spec = parseAgentTaskSpec(obj.spec);
   } catch (err) {
-    if (err instanceof ValidationError) return deny(422, err.message);
-    throw err;
+    if (!(err instanceof ValidationError)) throw err;
+    // Mutating admission runs before the API server's schema and CEL checks,
+    // which refuse this spec with every violation named; a record is not
+    // signed for it. (Should a spec the CRD accepts fail here, the task has
+    // no record and the operator denies it with the same field message.)
+    return allow();
   }
   if (!req.userInfo.username) return deny(403, "the request has no authenticated user (rule authenticated)");
   const user = { ...req.userInfo, username: req.userInfo.username };
@@ -127,8 +132,9 @@ async function admitCreate(deps: AgentTaskAdmissionDeps, req: AdmissionRequest):
       ? await proveSubAgent(deps, user, namespace, spec)
       : await proveDelegator(deps, req, user, namespace, name, spec, assertionToken);
   } catch (err) {
-    if (err instanceof ValidationError) return deny(403, err.message);
-    throw err;
+    if (!(err instanceof ValidationError)) throw err;
+    // The issuer's key endpoint failing is not the requester's fault: retryable.
+    return deny(err.rule === "jwks-unavailable" ? 503 : 403, err.message);
   }
 
   const record: RequesterRecord = {
@@ -199,7 +205,7 @@ async function proveDelegator(
       spec,
     });
     // Dry runs change nothing: the jti is claimed only by a real create.
-    if (!req.dryRun) await deps.claimJti?.(verified.issuer, verified.jti, verified.expiresAt);
+    if (!req.dryRun) await deps.claimJti?.(verified.issuer, verified.jti, verified.acceptedUntil);
     return {
       delegator: claimed,
       proof: {

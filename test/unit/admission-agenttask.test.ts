@@ -69,7 +69,8 @@ interface Fakes {
 }
 
 function handler(f: Fakes = {}, extra: Partial<AgentTaskAdmissionDeps> = {}) {
-  const claimed = (f.claimed ??= []);
+  f.claimed ??= [];
+  const claimed = f.claimed;
   return createAgentTaskAdmission({
     signer,
     keys,
@@ -87,7 +88,7 @@ function handler(f: Fakes = {}, extra: Partial<AgentTaskAdmissionDeps> = {}) {
           subject: "carol",
           jti: "j-1",
           digest: "ab".repeat(32),
-          expiresAt: new Date(NOW + 60_000),
+          acceptedUntil: new Date(NOW + 120_000),
         };
       },
     },
@@ -107,7 +108,7 @@ function recordOf(patch: JsonPatchOperation[] | undefined, spec: object = baseSp
   const token =
     typeof op?.value === "string"
       ? op.value
-      : (op?.value as Record<string, string>)[REQUESTER_RECORD_ANNOTATION];
+      : (op?.value as Record<string, string> | undefined)?.[REQUESTER_RECORD_ANNOTATION];
   return verifyRequesterRecord(token, keys, {
     namespace: "team",
     name: "t1",
@@ -148,7 +149,7 @@ describe("AgentTask CREATE", () => {
     expect(recordOf(res.patch).requester.username).toBe("mallory");
   });
 
-  it("refuses generateName and malformed specs with the field and rule", async () => {
+  it("refuses generateName, and signs nothing for a malformed spec", async () => {
     const gen = request({});
     (gen.object as { metadata: Record<string, unknown> }).metadata = {
       generateName: "t-",
@@ -160,9 +161,9 @@ describe("AgentTask CREATE", () => {
       code: 422,
       message: expect.stringContaining("rule no-generate-name"),
     });
+    // A malformed spec gets no record: the API server's schema refuses it next, naming every field.
     const bad = await handler()(request({ spec: { ...baseSpec, scope: ["READ:x"] } }));
-    expect(bad).toMatchObject({ allowed: false, code: 422 });
-    expect(bad.message).toMatch(/^spec\.scope\[0\]: .*rule/);
+    expect(bad).toEqual({ allowed: true });
   });
 
   it("accepts a declared delegator only with impersonate rights, a group membership or an assertion", async () => {
