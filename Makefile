@@ -7,6 +7,8 @@ export PATH := $(CURDIR)/node_modules/.bin:$(PATH)
 NODE := $(CURDIR)/node_modules/.bin/node
 ENV_DIR := $(CURDIR)/.local/env
 ENV_SH := $(CURDIR)/.local/env.sh
+# The local API server calls the webhook here (no Service, no kube-proxy locally).
+WEBHOOK_PORT ?= 8443
 
 .PHONY: help deps build env-build up down status run test test-unit test-integration demo bench generate check-generated lint format clean
 
@@ -39,10 +41,12 @@ down: ## stop the local environment (no process left behind)
 status: ## show which local processes run
 	@test/env/status.sh $(ENV_DIR)
 
-run: build ## install the CRDs into the environment of .local/env.sh and run the operator in the foreground
+run: build ## install the CRDs and policies into the environment of .local/env.sh; run the operator and its admission webhook in the foreground
 	@test -f $(ENV_SH) || { echo "no local environment: run 'make up' first" >&2; exit 1; }
 	@source $(ENV_SH) && kubectl apply --server-side --force-conflicts -f crds/ -f webhook/manifests/ >/dev/null && \
 	  { kubectl get namespace custody-system >/dev/null 2>&1 || kubectl create namespace custody-system >/dev/null; } && \
+	  CUSTODY_WEBHOOK_ADDR=127.0.0.1:$(WEBHOOK_PORT) CUSTODY_WEBHOOK_URL=https://127.0.0.1:$(WEBHOOK_PORT) \
+	  CUSTODY_WEBHOOK_REMOVE_ON_EXIT=true \
 	  exec $(NODE) --disable-warning=TimeoutNegativeWarning dist/operator/main.js
 
 test: deps env-build ## unit and integration tests (starts its own throwaway environment)

@@ -15,7 +15,12 @@ import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { Informer } from "../shells/kube/informer.ts";
 import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import type { LocalEnv } from "../test/env/local-env.ts";
-import { installCustody, OPERATOR_NODE_FLAGS, startOperator } from "../test/support/operator-process.ts";
+import {
+  installCustody,
+  OPERATOR_NODE_FLAGS,
+  startOperator,
+  waitForAdmission,
+} from "../test/support/operator-process.ts";
 import { retryWhileUnavailable } from "../test/support/unavailable.ts";
 
 const argv = process.argv.slice(2);
@@ -68,7 +73,13 @@ async function pool<T>(items: T[], n: number, fn: (t: T) => Promise<void>) {
 
 async function main() {
   await installCustody(env);
-  for (const n of [ns, opNs]) await rest.post("/api/v1/namespaces", { metadata: { name: n } });
+  // The bench's own webhook registration, scoped to its namespace by a label.
+  await rest.post("/api/v1/namespaces", { metadata: { name: ns, labels: { "custody.dev/testbed": run } } });
+  await rest.post("/api/v1/namespaces", { metadata: { name: opNs } });
+  const admission = {
+    configName: `custody-${run}`,
+    namespaceSelector: { matchLabels: { "custody.dev/testbed": run } },
+  };
   const informer = new Informer<Obj>({
     name: "bench",
     listWatch: restListWatch(rest, `/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`),
@@ -81,11 +92,13 @@ async function main() {
   const nodeArgs = OPERATOR_NODE_FLAGS.split(" ");
   const a = await startOperator(env, {
     namespace: opNs,
+    admission,
     topic: `custody.cascade.${run}`,
     compiled: true,
     nodeArgs,
     extraEnv: { CUSTODY_IDENTITY: "a", CUSTODY_LOG_LEVEL: "warn" },
   });
+  await waitForAdmission(rest, ns);
 
   // 1. cascade
   const children = Array.from({ length: 20 }, (_, i) => `c${i}`);
@@ -113,6 +126,7 @@ async function main() {
   // 2. failover
   const b = await startOperator(env, {
     namespace: opNs,
+    admission,
     topic: `custody.cascade.${run}`,
     compiled: true,
     nodeArgs,
@@ -134,6 +148,9 @@ async function main() {
   );
   await b.stop();
   await informer.stop();
+  await rest
+    .delete(`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${admission.configName}`)
+    .catch(() => undefined);
   for (const n of [ns, opNs]) await rest.delete(`/api/v1/namespaces/${n}`).catch(() => undefined);
   rest.close();
   process.exit(0);

@@ -16,7 +16,12 @@ import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { Informer } from "../shells/kube/informer.ts";
 import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import type { LocalEnv } from "../test/env/local-env.ts";
-import { installCustody, OPERATOR_NODE_FLAGS, startOperator } from "../test/support/operator-process.ts";
+import {
+  installCustody,
+  OPERATOR_NODE_FLAGS,
+  startOperator,
+  waitForAdmission,
+} from "../test/support/operator-process.ts";
 import { retryWhileUnavailable } from "../test/support/unavailable.ts";
 
 const args = new Map<string, string>();
@@ -112,7 +117,13 @@ function rssMb(pid: number): number {
 
 async function main(): Promise<void> {
   await installCustody(env);
-  for (const n of [ns, opNs]) await rest.post("/api/v1/namespaces", { metadata: { name: n } });
+  // The bench's own webhook registration, scoped to its namespace by a label.
+  await rest.post("/api/v1/namespaces", { metadata: { name: ns, labels: { "custody.dev/testbed": run } } });
+  await rest.post("/api/v1/namespaces", { metadata: { name: opNs } });
+  const admission = {
+    configName: `custody-${run}`,
+    namespaceSelector: { matchLabels: { "custody.dev/testbed": run } },
+  };
 
   // Observed through the project's own resilient informer (list + watch,
   // re-list on 410, watchdog), not a bare watch that may stop silently.
@@ -145,12 +156,14 @@ async function main(): Promise<void> {
 
   const operator = await startOperator(env, {
     namespace: opNs,
+    admission,
     topic: `custody.bench.${run}`,
     extraEnv: { CUSTODY_LOG_LEVEL: "warn", CUSTODY_WORKERS: process.env.CUSTODY_WORKERS ?? "64" },
     compiled: true,
     // The production runtime flags (docs/operations.md), unless overridden.
     nodeArgs: (process.env.CUSTODY_BENCH_NODE_ARGS ?? OPERATOR_NODE_FLAGS).split(" ").filter(Boolean),
   });
+  await waitForAdmission(rest, ns);
   const pid = operator.child.pid!;
   console.log(`operator pid ${pid}, RSS at start ${rssMb(pid).toFixed(0)} MB`);
 
@@ -230,6 +243,9 @@ async function main(): Promise<void> {
 
   await operator.stop();
   await informer.stop();
+  await rest
+    .delete(`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${admission.configName}`)
+    .catch(() => undefined);
   await rest.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
   await rest.delete(`/api/v1/namespaces/${opNs}`).catch(() => undefined);
   rest.close();

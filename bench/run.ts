@@ -12,6 +12,7 @@ const benches: Array<[string, string[]]> = [
   ["provenance", [join(here, "provenance.ts")]],
   ["operator", [join(here, "operator.ts")]],
   ["cascade", [join(here, "cascade.ts")]],
+  ["admission", [join(here, "admission.ts")]],
 ];
 let failed = 0;
 for (const [name, argv] of benches) {

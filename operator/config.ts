@@ -57,8 +57,6 @@ const schema = z.object({
   CUSTODY_WEBHOOK_REMOVE_ON_EXIT: z.enum(["true", "false"]).default("false"),
   /** Namespaces whose pods and workloads are never injected. */
   CUSTODY_EXCLUDED_NAMESPACES: z.string().default("kube-system"),
-  /** JSON list of trusted delegation-assertion issuers (docs/delegation-assertions.md). */
-  CUSTODY_ASSERTION_ISSUERS: z.string().optional(),
   CUSTODY_RECORD_MAX_SKEW_SECONDS: z.coerce.number().int().min(1).max(60).default(5),
 });
 
@@ -88,7 +86,6 @@ export interface OperatorConfig {
     removeOnExit: boolean;
     excludedNamespaces: string[];
   };
-  assertionIssuers: unknown[] | undefined;
   recordMaxSkewMs: number;
 }
 
@@ -140,7 +137,6 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
         .map((s) => s.trim())
         .filter(Boolean),
     },
-    assertionIssuers: jsonList(c.CUSTODY_ASSERTION_ISSUERS, "CUSTODY_ASSERTION_ISSUERS"),
     recordMaxSkewMs: c.CUSTODY_RECORD_MAX_SKEW_SECONDS * 1000,
   };
 }
@@ -160,13 +156,6 @@ function jsonObject(text: string | undefined, name: string): Record<string, unkn
   if (v === null || typeof v !== "object" || Array.isArray(v))
     throw new Error(`invalid operator configuration:\n  ${name}: must be a JSON object`);
   return v as Record<string, unknown>;
-}
-
-function jsonList(text: string | undefined, name: string): unknown[] | undefined {
-  const v = jsonValue(text, name);
-  if (v === undefined) return undefined;
-  if (!Array.isArray(v)) throw new Error(`invalid operator configuration:\n  ${name}: must be a JSON array`);
-  return v;
 }
 
 function splitHostPort(addr: string): [string, number] {

@@ -13,6 +13,8 @@ import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import { createLogger } from "../shells/log.ts";
 import { OperatorMetrics } from "../shells/metrics.ts";
 import { WorkQueue } from "../shells/workqueue.ts";
+import { loadAssertionIssuers } from "../webhook/assertions.ts";
+import { startAdmissionWebhook } from "./admission.ts";
 import { loadOrCreateCa } from "./ca-store.ts";
 import { loadOperatorConfig } from "./config.ts";
 import { boundPort, serveHealth } from "./health.ts";
@@ -157,6 +159,26 @@ async function main(): Promise<void> {
   });
 
   const metrics = new OperatorMetrics();
+  // Every replica serves admission (the Service balances; a standby answers
+  // at once); only the leader writes the registration.
+  const admission = await startAdmissionWebhook({
+    rest,
+    namespace: config.namespace,
+    trustDomain: config.trustDomain,
+    signer: admissionSigner,
+    keys: admissionKeys,
+    cachedTask: (ns, name) => {
+      const c = tasks.get(`${ns}/${name}`);
+      return c ? (JSON.parse(c.json) as AgentTask) : undefined;
+    },
+    assertionIssuers: loadAssertionIssuers(),
+    recordMaxSkewMs: config.recordMaxSkewMs,
+    ca: () => ca,
+    caBundlePem: ca.bundlePem,
+    webhook: config.webhook,
+    log: log.child("admission"),
+    metrics,
+  });
   const credentialIndex = new CredentialIndex();
   const events = new TaskEventRecorder(rest, log.child("events"), identity);
   const reconciler = createTaskReconciler({
@@ -211,6 +233,9 @@ async function main(): Promise<void> {
   };
   const revokedSweep = setInterval(() => {
     if (!leading) return;
+    admission
+      .sweepJtis(Date.now())
+      .catch((err: unknown) => log.warn("assertion jti sweep failed", { error: errorText(err) }));
     for (const ns of new Set(
       tasks
         .list()
@@ -277,6 +302,7 @@ async function main(): Promise<void> {
   const health = await serveHealth(config.healthAddr.host, config.healthAddr.port, {
     ready: {
       "ca-loaded": () => ca !== undefined,
+      "webhook-serving": () => admission.port > 0,
       "tasks-synced": () => tasks.hasSynced(),
       "secrets-synced": () => secrets.hasSynced(),
     },
@@ -369,6 +395,8 @@ async function main(): Promise<void> {
       await writer.close();
       return;
     }
+    // Before the first reconcile: tasks created from now on carry records.
+    await admission.register();
     leaderRecorder = writer;
     leading = true;
     metrics.leader(true);
@@ -433,11 +461,24 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info("stopping", { signal });
+    // Before the lease is released: a successor registers its own endpoint,
+    // which this removal must not delete.
+    if (config.webhook.removeOnExit) {
+      await admission
+        .unregister()
+        .then(
+          (removed) =>
+            removed && log.info("admission webhooks unregistered", { name: config.webhook.configName }),
+        )
+        .catch((err: unknown) =>
+          log.warn("could not unregister the admission webhooks", { error: errorText(err) }),
+        );
+    }
     // Drains in-flight reconciles, closes the writer, then releases the lease
     // so that a standby takes over at once.
     if (elector) await elector.stop();
     else await stopLeading();
-    await Promise.all([tasks.stop(), secrets.stop(), bundleMaps.stop()]);
+    await Promise.all([tasks.stop(), secrets.stop(), bundleMaps.stop(), admission.close()]);
     health.close();
     rest.close();
     process.exit(0);

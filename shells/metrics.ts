@@ -28,6 +28,7 @@ export const DENIAL_REASONS = [
   "TtlExceedsParent",
   "DeadlineExceedsParent",
   "DelegationUnproven",
+  "RequesterUnproven",
   "Other",
 ] as const;
 
@@ -88,6 +89,7 @@ export class OperatorMetrics {
   readonly #failures: Counter<"reason">;
   readonly #leader: Gauge<never>;
   readonly #provenanceBacklog: Gauge<never>;
+  readonly #admission: Histogram<"path" | "allowed">;
 
   constructor(options: OperatorMetricsOptions = {}) {
     this.registry = new Registry();
@@ -143,6 +145,14 @@ export class OperatorMetrics {
     this.#provenanceBacklog = new Gauge({
       name: "custody_provenance_backlog",
       help: "Provenance records accepted but not yet acknowledged by Kafka.",
+      registers,
+    });
+
+    this.#admission = new Histogram({
+      name: "custody_admission_duration_seconds",
+      help: "Time the admission webhook spent on a review, by path and decision.",
+      labelNames: ["path", "allowed"],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers,
     });
 
@@ -207,6 +217,10 @@ export class OperatorMetrics {
 
   leader(isLeader: boolean): void {
     this.#leader.set(isLeader ? 1 : 0);
+  }
+
+  admission(path: string, durationMs: number, allowed: boolean): void {
+    this.#admission.observe({ path, allowed: String(allowed) }, durationMs / 1000);
   }
 
   provenanceBacklog(records: number): void {

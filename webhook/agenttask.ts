@@ -19,8 +19,9 @@ import {
   verifyRequesterRecord,
 } from "../core/admission/record.ts";
 import { type AgentTask, type AgentTaskSpec, parseAgentTaskSpec } from "../core/api/v1alpha1.ts";
-import { identitySpecDigest } from "../core/delegation.ts";
+import { IDENTITY_FIELDS, identitySpecDigest } from "../core/delegation.ts";
 import { ValidationError } from "../core/errors.ts";
+import { canonicalize } from "../core/provenance/canonical-json.ts";
 import type { KeyRing, Signer } from "../core/provenance/sign.ts";
 import { credentialSecretName, TASK_LABEL } from "../operator/resources.ts";
 import {
@@ -366,13 +367,12 @@ function admitUpdate(req: AdmissionRequest): AdmissionResult {
         "(rule record-immutable)",
     );
   }
-  const digest = (o: TaskObject) =>
-    o.spec && typeof o.spec === "object" ? identitySpecDigest(o.spec as Record<string, unknown>) : "";
-  if (digest(obj) !== digest(old)) {
+  const changed = changedIdentityField(obj.spec, old.spec);
+  if (changed !== undefined) {
     return deny(
       422,
-      "spec: the identity-defining fields (agent, delegator, scope, parentRef, serviceAccountName, ttl, " +
-        "deadline, audiences) are immutable; create a new AgentTask instead (rule identity-immutable)",
+      `spec.${changed}: is immutable: it defines the identity; create a new AgentTask instead ` +
+        "(rule identity-immutable)",
     );
   }
   // A re-sent assertion is stripped, not re-checked: the record already says what was proven.
@@ -382,6 +382,13 @@ function admitUpdate(req: AdmissionRequest): AdmissionResult {
     ]);
   }
   return allow();
+}
+
+/** The first identity-defining field that differs between two specs, if any. */
+function changedIdentityField(spec: unknown, oldSpec: unknown): string | undefined {
+  const a = (spec && typeof spec === "object" ? spec : {}) as Record<string, unknown>;
+  const b = (oldSpec && typeof oldSpec === "object" ? oldSpec : {}) as Record<string, unknown>;
+  return IDENTITY_FIELDS.find((f) => canonicalize(a[f] ?? null) !== canonicalize(b[f] ?? null));
 }
 
 function refusal(field: string, rule: string, message: string): ValidationError {

@@ -5,5 +5,6 @@ export * from "./mint.ts";
 export { CUSTODY_UUID_ARC, CUSTODY_X509_ARC, DELEGATION_EXTENSION_OID } from "./oids.ts";
 export * from "./pem.ts";
 export * from "./serial.ts";
+export * from "./serving.ts";
 export * from "./spiffe-id.ts";
 export * from "./verify.ts";

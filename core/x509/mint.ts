@@ -63,7 +63,8 @@ export interface MintedSvid {
   readonly publicKeySHA256: string;
 }
 
-function leafSpki(key: Uint8Array | KeyObject): Uint8Array {
+/** The leaf's P-256 SubjectPublicKeyInfo DER, validated (shared with serving.ts). */
+export function leafSpki(key: Uint8Array | KeyObject): Uint8Array {
   if (key instanceof KeyObject) {
     if (key.asymmetricKeyType !== "ec" || key.asymmetricKeyDetails?.namedCurve !== "prime256v1") {
       throw new X509Error("subjectPublicKey", "must be an EC P-256 key");
@@ -84,7 +85,8 @@ function leafSpki(key: Uint8Array | KeyObject): Uint8Array {
   return key;
 }
 
-function wholeSeconds(date: Date, field: string): Date {
+/** A valid Date truncated to whole seconds (shared with serving.ts). */
+export function wholeSeconds(date: Date, field: string): Date {
   if (!(date instanceof Date) || Number.isNaN(date.getTime()))
     throw new X509Error(field, "must be a valid Date");
   // X.509 times have no fractions (RFC 5280 §4.1.2.5); truncate rather than round up past a bound.

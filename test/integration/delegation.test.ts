@@ -63,7 +63,8 @@ describe("delegation chains", () => {
     const child = await phaseOf("child", "Issued");
     const chain = child.status?.delegationChain ?? [];
     expect(chain.map((l) => [l.kind, l.name])).toEqual([
-      ["User", "unproven:alice"],
+      // Proven at admission: the test's admin may impersonate alice.
+      ["User", "alice"],
       ["AgentTask", "root"],
       ["AgentTask", "child"],
     ]);

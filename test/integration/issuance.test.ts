@@ -115,8 +115,8 @@ describe("issuance", () => {
     expect(ext?.critical).toBe(false);
     const info = decodeDelegationExtension(new Uint8Array(ext!.value));
     expect(info.taskUid).toBe(t.metadata.uid);
-    // Declared but not proven (admission proof is a later issue): marked as a claim.
-    expect(info.delegator).toMatchObject({ kind: "user", name: "unproven:alice" });
+    // Declared and proven at admission (the test's admin may impersonate alice).
+    expect(info.delegator).toMatchObject({ kind: "user", name: "alice" });
     expect(info.scope).toEqual(["read:repos/acme/*", "comment:repos/acme/api"]);
     expect(t.status?.delegationChain?.map((l) => l.kind)).toEqual(["User", "AgentTask"]);
 
@@ -306,7 +306,7 @@ describe("kubectl", () => {
     const [header, row] = table.trim().split("\n");
     expect(header?.split(/\s+/)).toEqual(["NAME", "PHASE", "DELEGATOR", "SPIFFE-ID", "EXPIRES", "AGE"]);
     expect(row).toContain("Issued");
-    expect(row).toContain("unproven:alice");
+    expect(row).toMatch(/Issued\s+alice\s/);
     expect(row).toContain(`spiffe://custody.local/ns/${ns}/agent/reviewer/task/review-pr`);
     expect(row).toMatch(/\d{4}-\d{2}-\d{2}T/);
     const wide = kubectl("get", "agenttasks.custody.dev", "review-pr", "-n", ns, "-o", "wide");
@@ -346,7 +346,7 @@ describe("the CLI", () => {
       expect.objectContaining({
         name: "review-pr",
         phase: "Issued",
-        delegator: "unproven:alice",
+        delegator: "alice",
         spiffeID: `spiffe://custody.local/ns/${ns}/agent/reviewer/task/review-pr`,
       }),
     ]);
@@ -355,7 +355,7 @@ describe("the CLI", () => {
       env: childEnv,
     }).toString();
     expect(table.split("\n")[0]).toMatch(/^NAMESPACE\s+NAME\s+PHASE/);
-    expect(table).toMatch(/review-pr\s+Issued\s+unproven:alice/);
+    expect(table).toMatch(/review-pr\s+Issued\s+alice\s/);
     // Bad flags are refused with the flag named and exit code 2.
     let code = 0;
     let stderr = "";

@@ -3,8 +3,10 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { join } from "node:path";
+import type { KubeRest } from "../../shells/kube/rest.ts";
 import type { LocalEnv } from "../env/local-env.ts";
 import { eventually } from "./eventually.ts";
+import { retryWhileUnavailable } from "./unavailable.ts";
 
 const repo = join(import.meta.dirname, "..", "..");
 
@@ -18,6 +20,7 @@ export const OPERATOR_NODE_FLAGS = "--max-semi-space-size=1 --max-old-space-size
 export interface OperatorProcess {
   readonly child: ChildProcess;
   readonly healthPort: number;
+  readonly webhookPort: number;
   readonly logs: string[];
   readonly namespace: string;
   readonly topic: string;
@@ -45,9 +48,16 @@ export async function startOperator(
     /** Run the compiled operator (dist/, `make build`) as production does, instead of the TypeScript source. */
     compiled?: boolean;
     nodeArgs?: string[];
+    /**
+     * The installation's webhook registration: a name of its own and a
+     * namespace label it is scoped to, so that installations started by
+     * different test files never admit each other's objects.
+     */
+    admission?: { configName: string; namespaceSelector: Record<string, unknown> };
   },
 ): Promise<OperatorProcess> {
   const healthPort = await freePort();
+  const webhookPort = await freePort();
   const logs: string[] = [];
   const entry = opts.compiled ? join(repo, "dist", "operator", "main.js") : join(repo, "operator", "main.ts");
   const child = spawn(
@@ -64,6 +74,14 @@ export async function startOperator(
         CUSTODY_NAMESPACE: opts.namespace,
         CUSTODY_HEALTH_ADDR: `127.0.0.1:${healthPort}`,
         CUSTODY_LOG_LEVEL: "info",
+        CUSTODY_WEBHOOK_ADDR: `127.0.0.1:${webhookPort}`,
+        CUSTODY_WEBHOOK_URL: `https://127.0.0.1:${webhookPort}`,
+        ...(opts.admission
+          ? {
+              CUSTODY_WEBHOOK_CONFIG_NAME: opts.admission.configName,
+              CUSTODY_WEBHOOK_NAMESPACE_SELECTOR: JSON.stringify(opts.admission.namespaceSelector),
+            }
+          : {}),
         ...opts.extraEnv,
       },
       stdio: ["ignore", "pipe", "pipe"],
@@ -78,6 +96,7 @@ export async function startOperator(
   const proc: OperatorProcess = {
     child,
     healthPort,
+    webhookPort,
     logs,
     namespace: opts.namespace,
     topic: opts.topic,
@@ -121,4 +140,30 @@ export function installCustody(env: LocalEnv): void {
       },
     );
   }
+}
+
+/**
+ * Until the leader has registered the webhook, AgentTasks would be created
+ * without a requester record (and end Denied): wait until a dry-run create in
+ * `namespace` comes back with one.
+ */
+export async function waitForAdmission(rest: KubeRest, namespace: string, timeoutMs = 30_000): Promise<void> {
+  await eventually(
+    async () => {
+      const res = await retryWhileUnavailable(() =>
+        rest.post<{ metadata?: { annotations?: Record<string, string> } }>(
+          `/apis/custody.dev/v1alpha1/namespaces/${namespace}/agenttasks?dryRun=All`,
+          {
+            apiVersion: "custody.dev/v1alpha1",
+            kind: "AgentTask",
+            metadata: { name: "admission-probe" },
+            spec: { agent: { name: "probe" }, scope: ["read:probe"], serviceAccountName: "default" },
+          },
+        ),
+      );
+      if (!res.metadata?.annotations?.["custody.dev/requester-record"])
+        throw new Error("the admission webhook has not stamped a dry-run AgentTask yet");
+    },
+    { timeoutMs, intervalMs: 200 },
+  );
 }

@@ -2,15 +2,24 @@
 // policies installed, and operator processes running: what each integration
 // test file needs before its first test, and removes after its last.
 import { randomUUID } from "node:crypto";
-import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import {
+  AdmissionregistrationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  type KubeConfig,
+} from "@kubernetes/client-node";
+import { loadClusterCredentials } from "../../shells/kube/credentials.ts";
+import { KubeRest } from "../../shells/kube/rest.ts";
 import { kubeConfigFor, type LocalEnv } from "../env/local-env.ts";
 import { eventually } from "./eventually.ts";
-import { installCustody, type OperatorProcess, startOperator } from "./operator-process.ts";
+import { installCustody, type OperatorProcess, startOperator, waitForAdmission } from "./operator-process.ts";
 import { retryWhileUnavailable } from "./unavailable.ts";
 
 export const GROUP = "custody.dev";
 export const VERSION = "v1alpha1";
 export const PLURAL = "agenttasks";
+/** Scopes a test installation's webhooks to its own namespace. */
+export const TESTBED_LABEL = "custody.dev/testbed";
 
 export interface Testbed {
   kc: KubeConfig;
@@ -22,6 +31,8 @@ export interface Testbed {
   opNs: string;
   topic: string;
   operators: OperatorProcess[];
+  /** The MutatingWebhookConfiguration of this installation. */
+  admissionConfigName: string;
   /** Creates an AgentTask; a CRD installed moments ago can answer 503 for a short while. */
   createTask(body: unknown): Promise<void>;
   getTask<T>(name: string): Promise<T>;
@@ -46,12 +57,18 @@ export async function startTestbed(
   const ns = `${prefix}-${suffix}`;
   const opNs = `custody-${suffix}`;
   const topic = `custody.${prefix}.${suffix}`;
+  const admission = {
+    configName: `custody-${suffix}`,
+    namespaceSelector: { matchLabels: { [TESTBED_LABEL]: suffix } },
+  };
   await installCustody(env);
-  await core.createNamespace({ body: { metadata: { name: ns } } });
+  await core.createNamespace({ body: { metadata: { name: ns, labels: { [TESTBED_LABEL]: suffix } } } });
   await core.createNamespace({ body: { metadata: { name: opNs } } });
   const operators: OperatorProcess[] = [];
   for (const extraEnv of replicas)
-    operators.push(await startOperator(env, { namespace: opNs, topic, extraEnv }));
+    operators.push(await startOperator(env, { namespace: opNs, topic, extraEnv, admission }));
+  const rest = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig }));
+  await waitForAdmission(rest, ns).finally(() => rest.close());
   const getTask = async <T>(name: string) =>
     (await custom.getNamespacedCustomObject({
       group: GROUP,
@@ -92,8 +109,14 @@ export async function startTestbed(
         },
         { timeoutMs },
       ),
+    admissionConfigName: admission.configName,
     async teardown() {
       for (const op of operators) await op.stop("SIGKILL");
+      // SIGKILL leaves the fail-closed registration behind: remove it.
+      await kc
+        .makeApiClient(AdmissionregistrationV1Api)
+        .deleteMutatingWebhookConfiguration({ name: admission.configName })
+        .catch(() => undefined);
       await core.deleteNamespace({ name: ns }).catch(() => undefined);
       await core.deleteNamespace({ name: opNs }).catch(() => undefined);
     },

@@ -1,6 +1,8 @@
-// A CRD installed moments ago can answer 503 for a short while: retry a call
-// while it does (any other error is the caller's). Works for KubeRest's
-// KubeApiError and client-node's ApiException alike (both carry `code`).
+// A CRD installed moments ago can answer 503 for a short while, and during a
+// local failover the fail-closed webhook is unreachable until the new leader
+// registers its own endpoint (in a cluster the Service reaches a standby at
+// once): retry a call while either lasts (any other error is the caller's).
+// Works for KubeRest's KubeApiError and client-node's ApiException alike.
 export async function retryWhileUnavailable<T>(
   call: () => Promise<T>,
   {
@@ -14,9 +16,20 @@ export async function retryWhileUnavailable<T>(
     try {
       return await call();
     } catch (err) {
-      if ((err as { code?: number }).code !== 503 || Date.now() > deadline) throw err;
+      if (!transient(err) || Date.now() > deadline) throw err;
       await new Promise((r) => setTimeout(r, delayMs));
       onRetry?.();
     }
   }
+}
+
+function transient(err: unknown): boolean {
+  const e = err as { code?: number; message?: string; body?: unknown };
+  if (e.code === 503) return true;
+  const text = `${e.message ?? ""} ${typeof e.body === "string" ? e.body : JSON.stringify(e.body ?? "")}`;
+  return (
+    e.code === 500 &&
+    /failed calling webhook "agenttasks\.custody\.dev"/.test(text) &&
+    /connect: connection refused/.test(text)
+  );
 }

@@ -338,7 +338,7 @@ describe("AgentTask UPDATE", () => {
     expect(await handler()(update(rec, {}))).toMatchObject({ allowed: false });
     expect(await handler()(update(rec, rec, { ...baseSpec, scope: ["*:*"] }))).toMatchObject({
       allowed: false,
-      message: expect.stringContaining("rule identity-immutable"),
+      message: expect.stringMatching(/^spec\.scope: is immutable.*rule identity-immutable/),
     });
     // revoked is not identity-defining
     expect((await handler()(update(rec, rec, { ...baseSpec, revoked: true }))).allowed).toBe(true);

@@ -1,0 +1,181 @@
+/**
+ * Admission latency against the local environment (`make up`): what the
+ * webhook adds to a pod creation at a steady rate (default 200 pods/s).
+ *
+ * Three runs of N pods each, same rate, same API server:
+ *   baseline  pods without the opt-in label (the webhook is never called)
+ *   direct    opted-in pods created by the task's own requester
+ *             (the webhook: task lookup, record check, patch)
+ *   delegated opted-in pods created by a user whose right to use the task is
+ *             a SubjectAccessReview (one more API call per pod)
+ * Prints p50/p99 of create latency per run and the difference to baseline.
+ * Usage: node bench/admission.ts [--rate 200] [--pods 1000]
+ */
+import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { loadClusterCredentials } from "../shells/kube/credentials.ts";
+import { KubeRest } from "../shells/kube/rest.ts";
+import type { LocalEnv } from "../test/env/local-env.ts";
+import {
+  installCustody,
+  OPERATOR_NODE_FLAGS,
+  startOperator,
+  waitForAdmission,
+} from "../test/support/operator-process.ts";
+import { retryWhileUnavailable } from "../test/support/unavailable.ts";
+
+const args = new Map<string, string>();
+for (let i = 2; i < process.argv.length; i += 2)
+  args.set(process.argv[i]!.replace(/^--/, ""), process.argv[i + 1]!);
+const RATE = Number(args.get("rate") ?? 200);
+const PODS = Number(args.get("pods") ?? 1000);
+
+const repo = join(import.meta.dirname, "..");
+const envDir = process.env.CUSTODY_ENV_DIR ?? join(repo, ".local", "env");
+const env = JSON.parse(readFileSync(join(envDir, "env.json"), "utf8")) as LocalEnv;
+const admin = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig }));
+const alice = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig, context: "alice" }));
+const run = randomUUID().slice(0, 6);
+const ns = `bench-adm-${run}`;
+const opNs = `custody-bench-adm-${run}`;
+const TASK = "bench-task";
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
+}
+
+function pod(name: string, optIn: boolean) {
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name, ...(optIn ? { labels: { "custody.dev/agent-task": TASK } } : {}) },
+    spec: {
+      serviceAccountName: "bench",
+      containers: [{ name: "agent", image: "example.invalid/agent:1" }],
+    },
+  };
+}
+
+/** Creates `count` pods at RATE per second as `client`; returns sorted latencies (ms). */
+async function paced(client: KubeRest, prefix: string, optIn: boolean): Promise<number[]> {
+  const latencies: number[] = [];
+  const inflight: Promise<void>[] = [];
+  const start = performance.now();
+  let failures = 0;
+  for (let i = 0; i < PODS; i++) {
+    const due = start + (i * 1000) / RATE;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const t0 = performance.now();
+    inflight.push(
+      client.post(`/api/v1/namespaces/${ns}/pods`, pod(`${prefix}-${i}`, optIn)).then(
+        () => {
+          latencies.push(performance.now() - t0);
+        },
+        (err: unknown) => {
+          failures++;
+          if (failures === 1) console.error(`  first failure: ${(err as Error).message.slice(0, 300)}`);
+        },
+      ),
+    );
+  }
+  await Promise.all(inflight);
+  const seconds = (performance.now() - start) / 1000;
+  if (failures > 0) throw new Error(`${failures} of ${PODS} pod creations failed`);
+  console.log(
+    `  ${prefix}: ${PODS} pods in ${seconds.toFixed(1)} s (${(PODS / seconds).toFixed(0)}/s achieved)`,
+  );
+  return latencies.sort((a, b) => a - b);
+}
+
+async function main(): Promise<void> {
+  installCustody(env);
+  await admin.post("/api/v1/namespaces", { metadata: { name: ns, labels: { "custody.dev/testbed": run } } });
+  await admin.post("/api/v1/namespaces", { metadata: { name: opNs } });
+  await admin.post(`/api/v1/namespaces/${ns}/serviceaccounts`, { metadata: { name: "bench" } });
+  // alice may create pods and use the task (checked per pod by a SubjectAccessReview).
+  await admin.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/roles`, {
+    metadata: { name: "agent-runner" },
+    rules: [
+      { apiGroups: [""], resources: ["pods"], verbs: ["create"] },
+      { apiGroups: ["custody.dev"], resources: ["agenttasks"], verbs: ["use"], resourceNames: [TASK] },
+    ],
+  });
+  await admin.post(`/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`, {
+    metadata: { name: "alice-agent-runner" },
+    roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: "agent-runner" },
+    subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: "alice" }],
+  });
+  const admission = {
+    configName: `custody-${run}`,
+    namespaceSelector: { matchLabels: { "custody.dev/testbed": run } },
+  };
+  const operator = await startOperator(env, {
+    namespace: opNs,
+    admission,
+    topic: `custody.bench.adm.${run}`,
+    compiled: true,
+    nodeArgs: OPERATOR_NODE_FLAGS.split(" "),
+    extraEnv: { CUSTODY_LOG_LEVEL: "warn" },
+  });
+  try {
+    await waitForAdmission(admin, ns);
+    await retryWhileUnavailable(() =>
+      admin.post(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`, {
+        apiVersion: "custody.dev/v1alpha1",
+        kind: "AgentTask",
+        metadata: { name: TASK },
+        spec: { agent: { name: "bench" }, scope: ["read:repos/*"], serviceAccountName: "bench" },
+      }),
+    );
+    for (let i = 0; ; i++) {
+      const t = await admin.get<{ status?: { phase?: string } }>(
+        `/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks/${TASK}`,
+      );
+      if (t.status?.phase === "Issued") break;
+      if (i > 300) throw new Error(`task not Issued: ${t.status?.phase}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // Warm both paths (connections, JIT) before measuring.
+    for (let i = 0; i < 20; i++) {
+      await admin.post(`/api/v1/namespaces/${ns}/pods`, pod(`warm-${i}`, i % 2 === 0));
+      await alice.post(`/api/v1/namespaces/${ns}/pods`, pod(`warm-alice-${i}`, true));
+    }
+    console.log(`admission: ${PODS} pod creations per run at ${RATE}/s`);
+    const base = await paced(admin, "baseline", false);
+    const direct = await paced(admin, "direct", true);
+    const delegated = await paced(alice, "delegated", true);
+    const row = (name: string, l: number[]) =>
+      `  ${name.padEnd(10)} p50 ${percentile(l, 50).toFixed(1)} ms  p99 ${percentile(l, 99).toFixed(1)} ms` +
+      (l === base
+        ? ""
+        : `  (webhook adds p50 ${(percentile(l, 50) - percentile(base, 50)).toFixed(1)} ms, ` +
+          `p99 ${(percentile(l, 99) - percentile(base, 99)).toFixed(1)} ms; floor: ≤ 10 ms at p99)`);
+    console.log(row("baseline", base));
+    console.log(row("direct", direct));
+    console.log(row("delegated", delegated));
+    const stored = await admin.get<{ spec: { volumes?: Array<{ name: string }> } }>(
+      `/api/v1/namespaces/${ns}/pods/direct-0`,
+    );
+    if (!stored.spec.volumes?.some((v) => v.name === "custody-svid"))
+      throw new Error("an opted-in pod was not injected: the measurement is not of the webhook");
+  } finally {
+    await operator.stop();
+    await admin
+      .delete(`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${admission.configName}`)
+      .catch(() => undefined);
+    await admin.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
+    await admin.delete(`/api/v1/namespaces/${opNs}`).catch(() => undefined);
+    admin.close();
+    alice.close();
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
