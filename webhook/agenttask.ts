@@ -360,7 +360,20 @@ function admitUpdate(req: AdmissionRequest): AdmissionResult {
   const old = (req.oldObject ?? {}) as TaskObject;
   const record = obj.metadata?.annotations?.[REQUESTER_RECORD_ANNOTATION];
   const oldRecord = old.metadata?.annotations?.[REQUESTER_RECORD_ANNOTATION];
-  if (record !== oldRecord) {
+  // A server-side apply of the user's manifest (which never had the record)
+  // would remove it: put it back rather than refuse the whole update.
+  const restore: JsonPatchOperation[] = [];
+  if (record === undefined && oldRecord !== undefined) {
+    restore.push(
+      obj.metadata?.annotations
+        ? {
+            op: "add",
+            path: `/metadata/annotations/${pointerSegment(REQUESTER_RECORD_ANNOTATION)}`,
+            value: oldRecord,
+          }
+        : { op: "add", path: "/metadata/annotations", value: { [REQUESTER_RECORD_ANNOTATION]: oldRecord } },
+    );
+  } else if (record !== oldRecord) {
     return deny(
       422,
       `metadata.annotations[${REQUESTER_RECORD_ANNOTATION}]: is immutable: it records who created the task ` +
@@ -377,11 +390,12 @@ function admitUpdate(req: AdmissionRequest): AdmissionResult {
   }
   // A re-sent assertion is stripped, not re-checked: the record already says what was proven.
   if (obj.metadata?.annotations?.[DELEGATION_ASSERTION_ANNOTATION] !== undefined) {
-    return allow([
-      { op: "remove", path: `/metadata/annotations/${pointerSegment(DELEGATION_ASSERTION_ANNOTATION)}` },
-    ]);
+    restore.push({
+      op: "remove",
+      path: `/metadata/annotations/${pointerSegment(DELEGATION_ASSERTION_ANNOTATION)}`,
+    });
   }
-  return allow();
+  return allow(restore);
 }
 
 /** The first identity-defining field that differs between two specs, if any. */

@@ -105,9 +105,33 @@ describe("delegation chains", () => {
     });
   }
 
-  it("denies a cycle and a chain deeper than the cap", async () => {
-    await create("loop-a", { parentRef: { name: "loop-b" } });
-    await create("loop-b", { parentRef: { name: "loop-a" } });
+  it("refuses a sub-agent of a missing parent at admission, and denies a cycle and a chain deeper than the cap", async () => {
+    // Nothing can prove delegation from a task that does not exist.
+    const refused = await create("loop-a", { parentRef: { name: "loop-b" } }).then(
+      () => "",
+      (e: { code?: number; body?: unknown }) => `${e.code} ${String(e.body)}`,
+    );
+    expect(refused).toMatch(
+      /^403 .*spec\.parentRef\.name: AgentTask .*loop-b does not exist.*rule parent-exists/,
+    );
+    // A cycle can still be built by re-creating a deleted ancestor under its own descendant.
+    await create("loop-a", { parentRef: { name: "root" }, scope: ["read:repos/acme/api"] });
+    await create("loop-b", { parentRef: { name: "loop-a" }, scope: ["read:repos/acme/api"] });
+    await bed.custom.deleteNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: PLURAL,
+      name: "loop-a",
+    });
+    await eventually(async () => {
+      const gone = await bed.getTask("loop-a").then(
+        () => false,
+        (e: { code?: number }) => e.code === 404,
+      );
+      if (!gone) throw new Error("loop-a not gone yet");
+    });
+    await create("loop-a", { parentRef: { name: "loop-b" }, scope: ["read:repos/acme/api"] });
     expect(
       (await phaseOf("loop-a", "Denied")).status?.conditions?.find((c) => c.type === "Ready")?.reason,
     ).toBe("CycleDetected");

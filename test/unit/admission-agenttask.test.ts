@@ -335,7 +335,11 @@ describe("AgentTask UPDATE", () => {
       allowed: false,
       message: expect.stringContaining("rule record-immutable"),
     });
-    expect(await handler()(update(rec, {}))).toMatchObject({ allowed: false });
+    // Removed (a server-side apply of a manifest that never had it): put back, not refused.
+    expect(await handler()(update(rec, {}))).toEqual({
+      allowed: true,
+      patch: [{ op: "add", path: "/metadata/annotations/custody.dev~1requester-record", value: "record" }],
+    });
     expect(await handler()(update(rec, rec, { ...baseSpec, scope: ["*:*"] }))).toMatchObject({
       allowed: false,
       message: expect.stringMatching(/^spec\.scope: is immutable.*rule identity-immutable/),
