@@ -3,6 +3,7 @@
 // and its registration (written by the leader, which also keeps caBundle
 // current). Wiring only: the decisions live in webhook/*.
 import { ASSERTION_FIELD } from "../core/admission/assertion.ts";
+import { createRecordVerifier } from "../core/admission/record.ts";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
 import { ValidationError } from "../core/errors.ts";
 import type { KeyRing, Signer } from "../core/provenance/sign.ts";
@@ -104,6 +105,7 @@ export function createAdmissionRoutes(input: AdmissionHandlersInput) {
     now,
     ...lookups,
     verifyRecordMaxSkewMs: input.recordMaxSkewMs,
+    verifyRecord: createRecordVerifier(input.keys, input.recordMaxSkewMs),
   };
   return {
     jti,

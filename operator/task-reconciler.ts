@@ -11,11 +11,11 @@
 import { randomBytes, randomInt } from "node:crypto";
 import {
   checkRecordMatchesSpec,
+  createRecordVerifier,
   DEFAULT_RECORD_MAX_SKEW_MS,
   REQUESTER_RECORD_ANNOTATION,
   type RequesterRecord,
   statusDelegatorOf,
-  verifyRequesterRecord,
 } from "../core/admission/record.ts";
 import type { AgentTask, AgentTaskStatus, ChainLink, StatusDelegator } from "../core/api/v1alpha1.ts";
 import { type ChainAccepted, DEFAULT_MAX_DEPTH, evaluateChain } from "../core/chain.ts";
@@ -154,6 +154,10 @@ export interface TaskReconciler {
 export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
   const now = deps.now ?? Date.now;
   const written = new WrittenState();
+  const verifyRecord = createRecordVerifier(
+    deps.recordKeys,
+    deps.recordMaxSkewMs ?? DEFAULT_RECORD_MAX_SKEW_MS,
+  );
   const { rest, log } = deps;
 
   return { reconcile, observed: (key, rv) => written.observed(key, rv) };
@@ -396,17 +400,13 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
   function proveRequester(task: AgentTask): { record: RequesterRecord } | { error: string } {
     try {
-      const record = verifyRequesterRecord(
-        task.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION],
-        deps.recordKeys,
-        {
-          namespace: task.metadata.namespace ?? "",
-          name: task.metadata.name,
-          spec: task.spec as unknown as Record<string, unknown>,
-          creationTimestamp: task.metadata.creationTimestamp,
-        },
-        deps.recordMaxSkewMs ?? DEFAULT_RECORD_MAX_SKEW_MS,
-      );
+      const record = verifyRecord(task.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION], {
+        namespace: task.metadata.namespace ?? "",
+        name: task.metadata.name,
+        uid: task.metadata.uid,
+        spec: task.spec as unknown as Record<string, unknown>,
+        creationTimestamp: task.metadata.creationTimestamp,
+      });
       checkRecordMatchesSpec(record, task.spec);
       return { record };
     } catch (err) {

@@ -9,6 +9,7 @@
 import {
   DEFAULT_RECORD_MAX_SKEW_MS,
   REQUESTER_RECORD_ANNOTATION,
+  type RecordVerifier,
   verifyRequesterRecord,
 } from "../core/admission/record.ts";
 import { STAMP_ANNOTATION, verifyStamp, type WorkloadStamp } from "../core/admission/stamp.ts";
@@ -44,6 +45,8 @@ export interface IdentityAdmissionDeps {
   controllerUsernames: ReadonlySet<string>;
   /** How far a requester record's issuedAt may be from the task's creation. */
   verifyRecordMaxSkewMs?: number;
+  /** A memoizing record verifier (createRecordVerifier); without one, each pod verifies the record afresh. */
+  verifyRecord?: RecordVerifier;
 }
 
 const KCM_SA = "system:serviceaccount:kube-system:";
@@ -165,17 +168,22 @@ export function checkServiceAccount(
 export function isTaskRequester(deps: IdentityAdmissionDeps, user: UserInfo, task: AgentTask): boolean {
   if (!user.username) return false;
   try {
-    const record = verifyRequesterRecord(
-      task.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION],
-      deps.keys,
-      {
-        namespace: task.metadata.namespace ?? "",
-        name: task.metadata.name,
-        spec: task.spec,
-        creationTimestamp: task.metadata.creationTimestamp,
-      },
-      deps.verifyRecordMaxSkewMs ?? DEFAULT_RECORD_MAX_SKEW_MS,
-    );
+    const subject = {
+      namespace: task.metadata.namespace ?? "",
+      name: task.metadata.name,
+      uid: task.metadata.uid,
+      spec: task.spec,
+      creationTimestamp: task.metadata.creationTimestamp,
+    };
+    const token = task.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION];
+    const record = deps.verifyRecord
+      ? deps.verifyRecord(token, subject)
+      : verifyRequesterRecord(
+          token,
+          deps.keys,
+          subject,
+          deps.verifyRecordMaxSkewMs ?? DEFAULT_RECORD_MAX_SKEW_MS,
+        );
     if (record.requester.username !== user.username) return false;
     // A principal deleted and re-created under the same name has a new uid.
     return !(record.requester.uid && user.uid && record.requester.uid !== user.uid);
