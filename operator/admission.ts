@@ -37,6 +37,8 @@ export interface AdmissionHandlersInput {
   /** Parsed issuers (loadAssertionIssuers); none configured → assertions are refused. */
   assertionIssuers: Parameters<typeof createAssertionVerifier>[0];
   recordMaxSkewMs: number;
+  /** No AgentTask is admitted where pods are not checked. */
+  excludedNamespaces: readonly string[];
   log: Logger;
   now?: () => number;
 }
@@ -55,6 +57,7 @@ export function createAdmissionRoutes(input: AdmissionHandlersInput) {
     keys: input.keys,
     now,
     recordMaxSkewMs: input.recordMaxSkewMs,
+    excludedNamespaces: new Set(input.excludedNamespaces),
     canImpersonate: async (user: UserInfo, d) => {
       if (d.kind === "AgentTask" || d.kind === "Workflow") return false;
       const resource = d.kind === "User" ? "users" : d.kind === "Group" ? "groups" : "serviceaccounts";
@@ -172,6 +175,7 @@ export async function startAdmissionWebhook(input: AdmissionWebhookInput): Promi
   const clientConfig = webhook.url
     ? { url: webhook.url.replace(/:0(?=\/|$)/, `:${port}`) }
     : { service: { namespace: input.namespace, name: webhook.service.name, port: webhook.service.port } };
+  let registered = false;
   log.info("admission webhook listening", { addr: `${webhook.addr.host}:${port}`, clientConfig });
   return {
     port,
@@ -185,7 +189,9 @@ export async function startAdmissionWebhook(input: AdmissionWebhookInput): Promi
           : {}),
         excludedNamespaces: webhook.excludedNamespaces,
       });
-      log.info("admission webhooks registered", { name: webhook.configName });
+      if (registered) log.debug("admission webhooks re-applied", { name: webhook.configName });
+      else log.info("admission webhooks registered", { name: webhook.configName });
+      registered = true;
     },
     unregister: () => removeRegistration(input.rest, webhook.configName),
     sweepJtis: (now) => jti.sweepExpired(now),

@@ -173,6 +173,7 @@ async function main(): Promise<void> {
     },
     assertionIssuers: loadAssertionIssuers(),
     recordMaxSkewMs: config.recordMaxSkewMs,
+    excludedNamespaces: config.webhook.excludedNamespaces,
     ca: () => ca,
     caBundlePem: ca.bundlePem,
     webhook: config.webhook,
@@ -236,6 +237,11 @@ async function main(): Promise<void> {
     admission
       .sweepJtis(Date.now())
       .catch((err: unknown) => log.warn("assertion jti sweep failed", { error: errorText(err) }));
+    // Repairs a registration someone edited or deleted: without it opted-in
+    // pods would skip their checks (server-side apply: a no-op when unchanged).
+    admission
+      .register()
+      .catch((err: unknown) => log.warn("admission webhooks not re-registered", { error: errorText(err) }));
     for (const ns of new Set(
       tasks
         .list()

@@ -14,6 +14,7 @@ import {
   createRecordVerifier,
   DEFAULT_RECORD_MAX_SKEW_MS,
   REQUESTER_RECORD_ANNOTATION,
+  RECORD_FIELD as REQUESTER_RECORD_FIELD,
   type RequesterRecord,
   statusDelegatorOf,
 } from "../core/admission/record.ts";
@@ -408,6 +409,20 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         creationTimestamp: task.metadata.creationTimestamp,
       });
       checkRecordMatchesSpec(record, task.spec);
+      // A sub-agent was proven against one parent object: a parent deleted
+      // and re-created under the same name is another task.
+      const parentName = task.spec.parentRef?.name;
+      const parentUid = parentName
+        ? deps.getTask(`${task.metadata.namespace}/${parentName}`)?.metadata.uid
+        : undefined;
+      if (parentUid && record.delegator.uid && parentUid !== record.delegator.uid) {
+        throw new ValidationError(
+          REQUESTER_RECORD_FIELD,
+          "parent-uid",
+          `${REQUESTER_RECORD_FIELD}: was proven against parent ${parentName} uid ${record.delegator.uid}, ` +
+            `but that name is now uid ${parentUid} (rule parent-uid)`,
+        );
+      }
       return { record };
     } catch (err) {
       if (!(err instanceof ValidationError)) throw err;

@@ -8,9 +8,11 @@
  * from a configured assertion issuer, or a pod's bound service-account token.
  */
 
+import { MAX_JWS_LENGTH } from "../core/admission/jws.ts";
 import {
   DELEGATION_ASSERTION_ANNOTATION,
   declaredDelegator,
+  isSameRequester,
   REQUESTER_RECORD_ANNOTATION,
   type RecordDelegator,
   type RequesterRecord,
@@ -68,6 +70,12 @@ export interface AgentTaskAdmissionDeps {
   /** Accepts a jti once across replicas and restarts; throws on a replay. */
   claimJti?: (issuer: string, jti: string, acceptedUntil: Date) => Promise<void>;
   recordMaxSkewMs?: number;
+  /**
+   * Namespaces whose pods are never sent to Custody's pod checks: a
+   * credential there could be worn by anyone who may create pods, so no task
+   * is admitted there.
+   */
+  excludedNamespaces?: ReadonlySet<string>;
 }
 
 /** What the sub-agent proof reads of the pod named in a bound token. */
@@ -109,6 +117,13 @@ async function admitCreate(deps: AgentTaskAdmissionDeps, req: AdmissionRequest):
       422,
       "metadata.name: is required; generateName is not supported for AgentTasks because the admission " +
         "record binds the task's name, which is not known at admission (rule no-generate-name)",
+    );
+  }
+  if (deps.excludedNamespaces?.has(namespace)) {
+    return deny(
+      403,
+      `metadata.namespace: ${namespace} is excluded from Custody's pod admission, so a credential there ` +
+        "could be worn by any pod; create AgentTasks in another namespace (rule excluded-namespace)",
     );
   }
   let spec: AgentTaskSpec;
@@ -154,6 +169,14 @@ async function admitCreate(deps: AgentTaskAdmissionDeps, req: AdmissionRequest):
     proof: proven.proof,
   };
   const token = signRequesterRecord(deps.signer, record);
+  if (token.length > MAX_JWS_LENGTH) {
+    // Refused now rather than stored and denied later: the operator does not read records this large.
+    return deny(
+      422,
+      `${REQUESTER_RECORD_ANNOTATION}: the requester's authentication (${user.groups?.length ?? 0} groups and ` +
+        `extra attributes) makes the record ${token.length} bytes, more than ${MAX_JWS_LENGTH} (rule record-size)`,
+    );
+  }
   const patch: JsonPatchOperation[] = [];
   if (!obj.metadata?.annotations) {
     patch.push({ op: "add", path: "/metadata/annotations", value: { [REQUESTER_RECORD_ANNOTATION]: token } });
@@ -294,7 +317,7 @@ async function proveSubAgent(
       `the parent's admission record does not verify: ${err.message}`,
     );
   }
-  if (parentRecord.requester.username === user.username) {
+  if (isSameRequester(parentRecord.requester, user)) {
     return { delegator, proof: { method: "parent-delegator" } };
   }
   const parentDelegator = parentRecord.delegator;
@@ -343,7 +366,9 @@ function isRequester(d: RecordDelegator, user: UserInfo & { username: string }):
     case "User":
       return d.name === user.username;
     case "Group":
-      return (user.groups ?? []).includes(d.name);
+      // Membership is not Kubernetes' rule for acting as a group (anyone is
+      // in system:authenticated): a Group delegator needs impersonate rights.
+      return false;
     case "ServiceAccount":
       return user.username === `${SA_PREFIX}${d.namespace ?? ""}:${d.name}`;
     default:

@@ -8,6 +8,7 @@
 
 import {
   DEFAULT_RECORD_MAX_SKEW_MS,
+  isSameRequester,
   REQUESTER_RECORD_ANNOTATION,
   type RecordVerifier,
   verifyRequesterRecord,
@@ -184,9 +185,7 @@ export function isTaskRequester(deps: IdentityAdmissionDeps, user: UserInfo, tas
           subject,
           deps.verifyRecordMaxSkewMs ?? DEFAULT_RECORD_MAX_SKEW_MS,
         );
-    if (record.requester.username !== user.username) return false;
-    // A principal deleted and re-created under the same name has a new uid.
-    return !(record.requester.uid && user.uid && record.requester.uid !== user.uid);
+    return isSameRequester(record.requester, user);
   } catch (e) {
     if (e instanceof ValidationError) return false;
     throw e;

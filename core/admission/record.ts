@@ -170,6 +170,32 @@ export function createRecordVerifier(
   };
 }
 
+const POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid";
+
+/**
+ * Is `current` the very requester a record names? Same username and (when
+ * both carry one) uid. A service account is not one party: whoever can create
+ * a pod in its namespace can run as it. So a service-account requester counts
+ * as "the same" only from the same pod (the bound token's pod uid); from
+ * anywhere else it must be authorized like anyone (SubjectAccessReview).
+ */
+export function isSameRequester(
+  recorded: { username: string; uid?: string | undefined; extra?: Record<string, string[]> | undefined },
+  current: {
+    username?: string | undefined;
+    uid?: string | undefined;
+    extra?: Record<string, string[]> | undefined;
+  },
+): boolean {
+  if (!current.username || recorded.username !== current.username) return false;
+  if (recorded.uid && current.uid && recorded.uid !== current.uid) return false;
+  if (recorded.username.startsWith(SA_PREFIX)) {
+    const pod = recorded.extra?.[POD_UID_EXTRA]?.[0];
+    return pod !== undefined && current.extra?.[POD_UID_EXTRA]?.[0] === pod;
+  }
+  return true;
+}
+
 /** The delegator a requester is when no delegator is declared. */
 export function requesterAsDelegator(user: {
   username: string;

@@ -203,6 +203,21 @@ export const DelegatorSchema = withCel(
       holds: (d) => d.namespace === undefined || d.kind === "ServiceAccount",
     },
     {
+      name: "service-account-namespace",
+      rule: "self.kind != 'ServiceAccount' || has(self.namespace)",
+      message: "namespace is required when kind is ServiceAccount",
+      fieldPath: ".namespace",
+      holds: (d) => d.kind !== "ServiceAccount" || d.namespace !== undefined,
+    },
+    {
+      name: "user-not-service-account",
+      rule: "self.kind != 'User' || !self.name.startsWith('system:serviceaccount:')",
+      message:
+        "a service account delegates as kind ServiceAccount with its namespace, not as a User named system:serviceaccount:…",
+      fieldPath: ".name",
+      holds: (d) => d.kind !== "User" || !d.name.startsWith("system:serviceaccount:"),
+    },
+    {
       name: "service-account-name",
       rule:
         `self.kind != 'ServiceAccount' || (self.name.size() <= ${MAX_DNS_SUBDOMAIN_LENGTH} && ` +

@@ -179,10 +179,16 @@ describe("AgentTask CREATE", () => {
       proof: { method: "impersonate" },
     });
 
+    // Membership is not proof (everyone is in system:authenticated): a group needs impersonate rights.
     const group = { ...baseSpec, delegator: { kind: "Group", name: "agent-builders" } };
-    expect(recordOf((await handler()(request({ spec: group }))).patch, group).proof.method).toBe("requester");
-    const otherGroup = { ...baseSpec, delegator: { kind: "Group", name: "admins" } };
-    expect((await handler()(request({ spec: otherGroup }))).allowed).toBe(false);
+    expect(await handler()(request({ spec: group }))).toMatchObject({
+      allowed: false,
+      message: expect.stringContaining("rule delegator-proof"),
+    });
+    const byGroupImpersonation = await handler({ impersonable: ["Group/agent-builders"] })(
+      request({ spec: group }),
+    );
+    expect(recordOf(byGroupImpersonation.patch, group).proof.method).toBe("impersonate");
   });
 
   it("accepts a Workflow delegator only by a signed assertion, strips it, and claims its jti once", async () => {

@@ -4,6 +4,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import {
   createRecordVerifier,
+  isSameRequester,
   type RequesterRecord,
   signRequesterRecord,
 } from "../../core/admission/record.ts";
@@ -66,5 +67,27 @@ describe("createRecordVerifier", () => {
     for (const uid of ["a", "b", "c"]) verify(token, { ...subject, uid });
     verify(token, { ...subject, uid: "a" }); // evicted: verified again
     expect(lookups()).toBe(4);
+  });
+});
+
+describe("isSameRequester", () => {
+  const pod = (uid: string) => ({ "authentication.kubernetes.io/pod-uid": [uid] });
+  it("a user is the same user (and not after being re-created with a new uid)", () => {
+    expect(isSameRequester({ username: "alice", uid: "1" }, { username: "alice", uid: "1" })).toBe(true);
+    expect(isSameRequester({ username: "alice", uid: "1" }, { username: "alice", uid: "2" })).toBe(false);
+    expect(isSameRequester({ username: "alice" }, { username: "bob" })).toBe(false);
+  });
+  it("a service account is the same requester only from the same pod", () => {
+    const sa = "system:serviceaccount:team:agents";
+    expect(isSameRequester({ username: sa, extra: pod("p1") }, { username: sa, extra: pod("p1") })).toBe(
+      true,
+    );
+    // Any pod under the service account (anyone who may create pods there) is not "the same".
+    expect(isSameRequester({ username: sa, extra: pod("p1") }, { username: sa, extra: pod("p2") })).toBe(
+      false,
+    );
+    expect(isSameRequester({ username: sa, extra: pod("p1") }, { username: sa })).toBe(false);
+    // An unbound token recorded no pod: nothing can match it.
+    expect(isSameRequester({ username: sa }, { username: sa })).toBe(false);
   });
 });

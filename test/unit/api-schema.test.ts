@@ -156,9 +156,21 @@ describe("parseAgentTaskSpec rejects bad input, naming field and rule", () => {
     ],
     [
       "ServiceAccount name that is no DNS subdomain",
-      withSpec({ delegator: { kind: "ServiceAccount", name: "Bad_Name" } }),
+      withSpec({ delegator: { kind: "ServiceAccount", name: "Bad_Name", namespace: "ci" } }),
       "spec.delegator.name",
       "service-account-name",
+    ],
+    [
+      "ServiceAccount without its namespace",
+      withSpec({ delegator: { kind: "ServiceAccount", name: "pipeline" } }),
+      "spec.delegator.namespace",
+      "service-account-namespace",
+    ],
+    [
+      "a service account spelled as a User",
+      withSpec({ delegator: { kind: "User", name: "system:serviceaccount:ci:pipeline" } }),
+      "spec.delegator.name",
+      "user-not-service-account",
     ],
     ["uppercase parent", withSpec({ parentRef: { name: "Parent" } }), "spec.parentRef.name", "dns-label"],
     [
