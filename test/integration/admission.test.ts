@@ -380,5 +380,41 @@ describe("sub-agents", () => {
       proof: { method: "parent-pod", pod: { name: "carrier", uid: carrier.metadata.uid } },
     });
     expect(t.status?.delegationChain?.map((l) => l.name)).toEqual(["alice", "parent", "child"]);
+
+    // Another pod under the same service account (anyone who may create pods
+    // there can start one) is not the child's requester: it may not wear it.
+    const other = await users.alice.post<{ metadata: { uid: string } }>(
+      `/api/v1/namespaces/${ns}/pods`,
+      pod("other"),
+    );
+    const otherClient = tokenClient(await tokenFor("other", other.metadata.uid));
+    const wear = await refusal(otherClient.post(`/api/v1/namespaces/${ns}/pods`, pod("wearer", "child")));
+    otherClient.close();
+    expect(wear).toContain(`"system:serviceaccount:${ns}:agents" may not attach the identity`);
+    expect(wear).toContain("rule use-task");
   }, 60_000);
+});
+
+describe("excluded namespaces", () => {
+  it("admits no AgentTask where pods are not checked (kube-system)", async () => {
+    const selector = bed.admissionConfigName.replace(/^custody-/, "");
+    // This installation's webhooks see only labelled namespaces: let it see kube-system for a moment.
+    await admin.patch("/api/v1/namespaces/kube-system", {
+      metadata: { labels: { [TESTBED_LABEL]: selector } },
+    });
+    try {
+      const msg = await refusal(
+        admin.post(
+          "/apis/custody.dev/v1alpha1/namespaces/kube-system/agenttasks",
+          taskBody("sneaky", spec()),
+        ),
+      );
+      expect(msg).toContain("metadata.namespace: kube-system is excluded");
+      expect(msg).toContain("rule excluded-namespace");
+    } finally {
+      await admin.patch("/api/v1/namespaces/kube-system", {
+        metadata: { labels: { [TESTBED_LABEL]: null } },
+      });
+    }
+  });
 });
