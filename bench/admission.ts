@@ -40,6 +40,15 @@ const run = randomUUID().slice(0, 6);
 const ns = `bench-adm-${run}`;
 const opNs = `custody-bench-adm-${run}`;
 const TASK = "bench-task";
+let operatorPid: number | undefined;
+const operatorCpu = () => {
+  try {
+    const fields = readFileSync(`/proc/${operatorPid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+};
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
@@ -55,6 +64,17 @@ function pod(name: string, optIn: boolean) {
       containers: [{ name: "agent", image: "example.invalid/agent:1" }],
     },
   };
+}
+
+/** CPU seconds (user + system) a process of the local environment has used so far. */
+function cpuSeconds(process: string): number {
+  try {
+    const pid = readFileSync(join(envDir, "pids", `${process}.pid`), "utf8").trim();
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+  } catch {
+    return Number.NaN;
+  }
 }
 
 /** The API server's own histogram of its calls to our pods webhook (round trip, as it measured). */
@@ -82,6 +102,7 @@ function bucketPercentile(before: Map<number, number>, after: Map<number, number
 
 /** Creates `count` pods at RATE per second as `client`; returns sorted latencies (ms). */
 async function paced(client: KubeRest, prefix: string, optIn: boolean): Promise<number[]> {
+  const cpu0 = { apiserver: cpuSeconds("kube-apiserver"), etcd: cpuSeconds("etcd"), operator: operatorCpu() };
   const latencies: number[] = [];
   const inflight: Promise<void>[] = [];
   const start = performance.now();
@@ -106,8 +127,11 @@ async function paced(client: KubeRest, prefix: string, optIn: boolean): Promise<
   await Promise.all(inflight);
   const seconds = (performance.now() - start) / 1000;
   if (failures > 0) throw new Error(`${failures} of ${PODS} pod creations failed`);
+  const used = (now: number, then: number) => ((now - then) / seconds).toFixed(2);
   console.log(
-    `  ${prefix}: ${PODS} pods in ${seconds.toFixed(1)} s (${(PODS / seconds).toFixed(0)}/s achieved)`,
+    `  ${prefix}: ${PODS} pods in ${seconds.toFixed(1)} s (${(PODS / seconds).toFixed(0)}/s achieved); ` +
+      `cores busy: kube-apiserver ${used(cpuSeconds("kube-apiserver"), cpu0.apiserver)}, ` +
+      `etcd ${used(cpuSeconds("etcd"), cpu0.etcd)}, operator ${used(operatorCpu(), cpu0.operator)} (of 2 on this machine)`,
   );
   return latencies.sort((a, b) => a - b);
 }
@@ -142,6 +166,7 @@ async function main(): Promise<void> {
     nodeArgs: (process.env.CUSTODY_BENCH_NODE_ARGS ?? OPERATOR_NODE_FLAGS).split(" ").filter(Boolean),
     extraEnv: { CUSTODY_LOG_LEVEL: "warn" },
   });
+  operatorPid = operator.child.pid;
   try {
     await waitForAdmission(admin, ns);
     await retryWhileUnavailable(() =>
