@@ -18,7 +18,12 @@ import { type AssertionVerifier, createAssertionVerifier } from "../webhook/asse
 import { JtiStore, ReplayError } from "../webhook/jti-store.ts";
 import { createAdmissionLookups } from "../webhook/lookups.ts";
 import { createPodAdmission } from "../webhook/pods.ts";
-import { applyRegistration, type LabelSelector, removeRegistration } from "../webhook/registration.ts";
+import {
+  applyRegistration,
+  type LabelSelector,
+  patchCaBundle,
+  removeRegistration,
+} from "../webhook/registration.ts";
 import { WebhookServingCert } from "../webhook/serving-cert.ts";
 import { POD_CONTROLLER_USERNAMES, WORKLOAD_CONTROLLER_USERNAMES } from "../webhook/task-use.ts";
 import { createWorkloadAdmission } from "../webhook/workloads.ts";
@@ -180,6 +185,14 @@ export async function startAdmissionWebhook(input: AdmissionWebhookInput): Promi
   return {
     port,
     async register() {
+      if (webhook.registration === "ca-bundle") {
+        const found = await patchCaBundle(input.rest, webhook.configName, input.caBundlePem);
+        if (!found)
+          log.warn("admission webhook configuration not found; its caBundle cannot be kept current", {
+            name: webhook.configName,
+          });
+        return;
+      }
       await applyRegistration(input.rest, {
         name: webhook.configName,
         clientConfig,
@@ -193,7 +206,9 @@ export async function startAdmissionWebhook(input: AdmissionWebhookInput): Promi
       else log.info("admission webhooks registered", { name: webhook.configName });
       registered = true;
     },
-    unregister: () => removeRegistration(input.rest, webhook.configName),
+    // Only what this process registered itself: a chart-owned registration is the chart's to remove.
+    unregister: async () =>
+      webhook.registration === "apply" ? removeRegistration(input.rest, webhook.configName) : false,
     sweepJtis: (now) => jti.sweepExpired(now),
     async close() {
       cert.stop();

@@ -53,6 +53,12 @@ const schema = z.object({
     .default("custody"),
   /** A JSON label selector limiting every webhook to matching namespaces (several installations side by side, tests). */
   CUSTODY_WEBHOOK_NAMESPACE_SELECTOR: z.string().optional(),
+  /**
+   * apply: the operator writes the whole registration (make run, tests);
+   * ca-bundle: another tool owns it (the Helm chart, so that uninstalling
+   * removes it) and the operator only keeps its caBundle current.
+   */
+  CUSTODY_WEBHOOK_REGISTRATION: z.enum(["apply", "ca-bundle"]).default("apply"),
   /** Remove the fail-closed registrations when this process stops (make run: the shared local cluster stays usable). */
   CUSTODY_WEBHOOK_REMOVE_ON_EXIT: z.enum(["true", "false"]).default("false"),
   /** Namespaces whose pods and workloads are never injected. */
@@ -84,6 +90,7 @@ export interface OperatorConfig {
     configName: string;
     namespaceSelector: Record<string, unknown> | undefined;
     removeOnExit: boolean;
+    registration: "apply" | "ca-bundle";
     excludedNamespaces: string[];
   };
   recordMaxSkewMs: number;
@@ -133,6 +140,7 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
         "CUSTODY_WEBHOOK_NAMESPACE_SELECTOR",
       ),
       removeOnExit: c.CUSTODY_WEBHOOK_REMOVE_ON_EXIT === "true",
+      registration: c.CUSTODY_WEBHOOK_REGISTRATION,
       excludedNamespaces: c.CUSTODY_EXCLUDED_NAMESPACES.split(",")
         .map((s) => s.trim())
         .filter(Boolean),

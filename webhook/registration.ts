@@ -293,3 +293,30 @@ export async function removeRegistration(rest: KubeRest, name = DEFAULT_REGISTRA
     throw e;
   }
 }
+
+/**
+ * For an installation whose registration another tool owns (the Helm chart:
+ * so that `helm uninstall` removes every fail-closed webhook): only keep each
+ * webhook's caBundle current. Never creates the object: a strategic merge
+ * patch on a missing configuration is a 404, so an operator still running
+ * while the chart is uninstalled cannot bring the registration back.
+ * Returns false when the configuration does not exist.
+ */
+export async function patchCaBundle(rest: KubeRest, name: string, caBundlePem: string): Promise<boolean> {
+  const current = await getRegistration(rest, name);
+  if (!current) return false;
+  const caBundle = Buffer.from(caBundlePem, "utf8").toString("base64");
+  const stale = current.webhooks.filter((w) => w.clientConfig.caBundle !== caBundle);
+  if (stale.length === 0) return true;
+  try {
+    await rest.patch(
+      `${API_PATH}/${encodeURIComponent(name)}`,
+      { webhooks: stale.map((w) => ({ name: w.name, clientConfig: { caBundle } })) },
+      "strategic",
+    );
+  } catch (e) {
+    if (isNotFound(e)) return false;
+    throw e;
+  }
+  return true;
+}

@@ -29,6 +29,7 @@ import {
   getRegistration,
   type MutatingWebhookConfiguration,
   PODS_PATH,
+  patchCaBundle,
   removeRegistration,
   WORKLOADS_PATH,
 } from "../../webhook/registration.ts";
@@ -399,8 +400,24 @@ describe("Custody's webhook registration", () => {
       bundle,
     ]);
 
+    // ca-bundle mode (a chart owns the object): only the caBundle changes.
+    const ca3 = newCa();
+    expect(await patchCaBundle(rest, REAL_CONFIG, ca3.certPem)).toBe(true);
+    const patched = (await getRegistration(rest, REAL_CONFIG))!;
+    expect(patched.webhooks.map((w) => Buffer.from(w.clientConfig.caBundle!, "base64").toString())).toEqual([
+      ca3.certPem,
+      ca3.certPem,
+      ca3.certPem,
+    ]);
+    expect(patched.webhooks.map((w) => w.clientConfig.url)).toEqual(
+      rotated.webhooks.map((w) => w.clientConfig.url),
+    );
+
     expect(await removeRegistration(rest, REAL_CONFIG)).toBe(true);
     expect(await getRegistration(rest, REAL_CONFIG)).toBeUndefined();
     expect(await removeRegistration(rest, REAL_CONFIG)).toBe(false);
+    // ...and never brings a removed registration back.
+    expect(await patchCaBundle(rest, REAL_CONFIG, ca3.certPem)).toBe(false);
+    expect(await getRegistration(rest, REAL_CONFIG)).toBeUndefined();
   });
 });
