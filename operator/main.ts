@@ -83,9 +83,9 @@ async function main(): Promise<void> {
   // per stream, its epoch the Lease's transition count.
   let leaderRecorder: ProvenanceRecorder | undefined;
   const recorder: ProvenanceRecorder = {
-    record: (type, subject, data, rootUid) =>
+    record: (type, subject, data, rootUid, id) =>
       leaderRecorder
-        ? leaderRecorder.record(type, subject, data, rootUid)
+        ? leaderRecorder.record(type, subject, data, rootUid, id)
         : Promise.reject(new Error("not the leader: provenance is written only by the leader")),
     get healthy() {
       return leaderRecorder?.healthy ?? false;

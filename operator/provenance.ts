@@ -2,7 +2,7 @@
 // writer's hash-chained, signed stream and resolves only when Kafka has
 // acknowledged the record (acks=all, idempotent producer). Issuance awaits it,
 // so no credential is written before its `issued` event is durable.
-import { type KeyObject, randomUUID } from "node:crypto";
+import { createHash, type KeyObject, randomUUID } from "node:crypto";
 import { Kafka, logLevel } from "kafkajs";
 import { createStreamWriter, type StreamWriter } from "../core/provenance/chain.ts";
 import type { EventData, EventType } from "../core/provenance/events.ts";
@@ -12,11 +12,24 @@ import type { Logger } from "../shells/log.ts";
 
 export interface ProvenanceRecorder {
   /** Appends one event; resolves once Kafka acknowledged it. */
-  record<T extends EventType>(type: T, subject: string, data: EventData<T>, rootUid: string): Promise<void>;
+  record<T extends EventType>(
+    type: T,
+    subject: string,
+    data: EventData<T>,
+    rootUid: string,
+    /** A deterministic id for an event that may be recorded twice (e.g. after a crash): a repeat is a recognisable duplicate. */
+    id?: string,
+  ): Promise<void>;
   /** True while the last send succeeded (for the Issuing condition's message and readiness). */
   readonly healthy: boolean;
   readonly backlog: number;
   close(): Promise<void>;
+}
+
+/** A UUID-shaped id derived from its parts (SHA-256), for events recorded at most once in meaning. */
+export function deterministicEventId(...parts: string[]): string {
+  const h = createHash("sha256").update(parts.join("\u0000"), "utf8").digest("hex");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-5${h.slice(13, 16)}-${((Number.parseInt(h[16]!, 16) & 3) | 8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
 
 export interface KafkaRecorderOptions {
@@ -54,11 +67,11 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
     },
   });
   return {
-    record(type, subject, data, rootUid) {
+    record(type, subject, data, rootUid, id) {
       // Appending is synchronous, so events enter the stream (and the
       // producer's queue) in one order: the chain order is the send order.
       const { bytes } = writer.append({
-        id: randomUUID(),
+        id: id ?? randomUUID(),
         source,
         type,
         subject,

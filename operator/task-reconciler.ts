@@ -18,11 +18,18 @@ import {
   type RequesterRecord,
   statusDelegatorOf,
 } from "../core/admission/record.ts";
-import type { AgentTask, AgentTaskStatus, ChainLink, StatusDelegator } from "../core/api/v1alpha1.ts";
+import type {
+  AgentTask,
+  AgentTaskSpec,
+  AgentTaskStatus,
+  ChainLink,
+  StatusDelegator,
+} from "../core/api/v1alpha1.ts";
 import { type ChainAccepted, DEFAULT_MAX_DEPTH, evaluateChain } from "../core/chain.ts";
 import { chainDigest, delegationInfo, rootChain } from "../core/delegation.ts";
 import { ValidationError } from "../core/errors.ts";
 import { type Decision, decide, sameStatus, setCondition, validityWindow } from "../core/lifecycle.ts";
+import { sha256Hex } from "../core/provenance/chain.ts";
 import type { DelegationContext } from "../core/provenance/events.ts";
 import type { KeyRing } from "../core/provenance/sign.ts";
 import { buildTaskSpiffeId } from "../core/spiffe.ts";
@@ -38,7 +45,7 @@ import { isAlreadyExists, isConflict, isNotFound, type KubeRest } from "../shell
 import type { Logger } from "../shells/log.ts";
 import type { HandlerResult } from "../shells/workqueue.ts";
 import type { TaskEventRecorder } from "./kube-events.ts";
-import type { ProvenanceRecorder } from "./provenance.ts";
+import { deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
 import {
   credentialSecretName,
   FINALIZER,
@@ -138,6 +145,14 @@ function newerRv(a: string | undefined, b: string): boolean {
   if (!a || !/^\d+$/.test(a) || !/^\d+$/.test(b)) return false;
   return a.length > b.length || (a.length === b.length && a > b);
 }
+
+const PRINCIPAL_KIND_OF: Record<string, "user" | "group" | "serviceaccount" | "workflow" | "agent"> = {
+  User: "user",
+  Group: "group",
+  ServiceAccount: "serviceaccount",
+  Workflow: "workflow",
+  AgentTask: "agent",
+};
 
 const ISSUE_REASON_TEXT = {
   NoCertificate: "issuing the first certificate",
@@ -320,6 +335,15 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       return { requeueAfterMs: 5 * 60_000 };
     }
 
+    // The first issuance: say who asked and how the delegation was proven
+    // (from the verified admission record). Not awaited on their own: the
+    // stream is acknowledged in order, so awaiting `issued` below covers them.
+    // Deterministic ids: a repeat after a crash is a recognisable duplicate.
+    if (!task.status?.certificate && admission) {
+      const firstEvents = recordRequested(task, admission, chain, spec);
+      firstEvents.catch(() => undefined); // the `issued` await below reports a failure
+    }
+
     // Provenance before the credential exists anywhere but in memory.
     const previousSerial = task.status?.certificate?.serial;
     const certificate = {
@@ -451,6 +475,56 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       rootUid: chainUids[0]!,
       contextDigest: chainDigest(links).toString("hex"),
     };
+  }
+
+  function recordRequested(
+    task: AgentTask,
+    admission: RequesterRecord,
+    chain: readonly ChainLink[],
+    spec: AgentTaskSpec,
+  ): Promise<unknown> {
+    const context = contextOf(task, chain);
+    const subject = `${context.namespace}/${context.name}`;
+    const { username, uid, groups } = admission.requester;
+    const requested = deps.recorder.record(
+      "dev.custody.task.requested",
+      subject,
+      {
+        context,
+        requester: {
+          username: username.slice(0, 256),
+          ...(uid ? { uid } : {}),
+          ...(groups ? { groups: groups.slice(0, 256).map((g) => g.slice(0, 256)) } : {}),
+        },
+        admission: {
+          uid: context.taskUid,
+          recordDigest: sha256Hex(task.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION] ?? ""),
+        },
+        agent: spec.agent.name,
+        scope: [...spec.scope],
+        ttl: spec.ttl,
+      },
+      context.rootUid,
+      deterministicEventId("requested", context.taskUid),
+    );
+    const root = chain[0]!;
+    const verified = deps.recorder.record(
+      "dev.custody.task.delegation.verified",
+      subject,
+      {
+        context,
+        delegator: {
+          kind: PRINCIPAL_KIND_OF[root.kind] ?? "agent",
+          name: root.name.slice(0, 256),
+          ...(root.uid ? { uid: root.uid } : {}),
+        },
+        depth: Math.max(0, chain.length - 2),
+        scope: [...spec.scope],
+      },
+      context.rootUid,
+      deterministicEventId("delegation.verified", context.taskUid),
+    );
+    return Promise.all([requested, verified]);
   }
 
   async function record(

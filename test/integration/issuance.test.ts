@@ -226,15 +226,28 @@ describe("issuance", () => {
     )
       .map(
         (r) =>
-          JSON.parse(r.value) as { type: string; data: { context: { taskUid: string }; serials?: string[] } },
+          JSON.parse(r.value) as {
+            type: string;
+            data: {
+              context: { taskUid: string };
+              serials?: string[];
+              requester?: { username: string };
+              delegator?: { kind: string; name: string };
+            };
+          },
       )
       .filter((e) => e.data.context.taskUid === t.metadata.uid);
     expect(events.map((e) => e.type)).toEqual([
+      "dev.custody.task.requested",
+      "dev.custody.task.delegation.verified",
       "dev.custody.task.issued",
       "dev.custody.task.revoked",
       "dev.custody.task.deleted",
     ]);
-    expect(events[1]?.data.serials).toEqual([serial]);
+    // Who asked, as the API server authenticated it (the test's admin), and under whose authority.
+    expect(events[0]?.data.requester?.username).toBe("custody-admin");
+    expect(events[1]?.data.delegator).toMatchObject({ kind: "user", name: "alice" });
+    expect(events[3]?.data.serials).toEqual([serial]);
     const secretGone = await core
       .readNamespacedSecret({ name: t.status!.certificate!.secretName, namespace: ns })
       .then(

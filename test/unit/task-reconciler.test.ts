@@ -122,13 +122,15 @@ function harness(record: (type: string) => Promise<void>, theTask: () => AgentTa
 }
 
 const SECRET = "POST /api/v1/namespaces/ns/secrets";
+/** Recorded (not awaited on their own) before the first `issued`. */
+const FIRST = ["record dev.custody.task.requested", "record dev.custody.task.delegation.verified"];
 const STATUS = "PUT /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1/status";
 
 describe("the issuance seam", () => {
   it("records `issued`, then writes the Secret, then the status", async () => {
     const { calls, bodies, reconciler } = harness(async () => {});
     const result = await reconciler.reconcile("ns/t1");
-    expect(calls).toEqual(["record dev.custody.task.issued", SECRET, STATUS]);
+    expect(calls).toEqual([...FIRST, "record dev.custody.task.issued", SECRET, STATUS]);
     const secret = bodies[SECRET] as { data: Record<string, string>; metadata: { name: string } };
     expect(secret.metadata.name).toBe("custody-svid-t1");
     expect(Object.keys(secret.data).sort()).toEqual(["ca.crt", "spiffe-id", "tls.crt", "tls.key"]);
@@ -151,10 +153,10 @@ describe("the issuance seam", () => {
     const { calls, reconciler } = harness(() => acked);
     const running = reconciler.reconcile("ns/t1");
     await new Promise((r) => setTimeout(r, 50));
-    expect(calls).toEqual(["record dev.custody.task.issued"]);
+    expect(calls).toEqual([...FIRST, "record dev.custody.task.issued"]);
     ack();
     await running;
-    expect(calls).toEqual(["record dev.custody.task.issued", SECRET, STATUS]);
+    expect(calls).toEqual([...FIRST, "record dev.custody.task.issued", SECRET, STATUS]);
   });
 
   it("leaves no Secret and no status when the record fails", async () => {
@@ -162,7 +164,7 @@ describe("the issuance seam", () => {
       throw new Error("broker unreachable");
     });
     await expect(reconciler.reconcile("ns/t1")).rejects.toThrow("broker unreachable");
-    expect(calls).toEqual(["record dev.custody.task.issued"]);
+    expect(calls).toEqual([...FIRST, "record dev.custody.task.issued"]);
   });
 });
 
