@@ -63,6 +63,8 @@ const schema = z.object({
   CUSTODY_WEBHOOK_REMOVE_ON_EXIT: z.enum(["true", "false"]).default("false"),
   /** Namespaces whose pods and workloads are never injected. */
   CUSTODY_EXCLUDED_NAMESPACES: z.string().default("kube-system"),
+  /** How often the leader anchors a signed checkpoint of its stream head (when it moved). */
+  CUSTODY_CHECKPOINT_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(3600).default(10),
   CUSTODY_RECORD_MAX_SKEW_SECONDS: z.coerce.number().int().min(1).max(60).default(5),
 });
 
@@ -94,6 +96,7 @@ export interface OperatorConfig {
     excludedNamespaces: string[];
   };
   recordMaxSkewMs: number;
+  checkpointIntervalMs: number;
 }
 
 export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig {
@@ -146,6 +149,7 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
         .filter(Boolean),
     },
     recordMaxSkewMs: c.CUSTODY_RECORD_MAX_SKEW_SECONDS * 1000,
+    checkpointIntervalMs: c.CUSTODY_CHECKPOINT_INTERVAL_SECONDS * 1000,
   };
 }
 

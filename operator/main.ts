@@ -20,6 +20,7 @@ import { loadOperatorConfig } from "./config.ts";
 import { boundPort, serveHealth } from "./health.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
 import { createKafkaRecorder, type ProvenanceRecorder } from "./provenance.ts";
+import { ProvenanceAnchor } from "./provenance-anchor.ts";
 import {
   COMPONENT_LABEL,
   credentialSecretName,
@@ -93,11 +94,29 @@ async function main(): Promise<void> {
     get backlog() {
       return leaderRecorder?.backlog ?? 0;
     },
+    get ackedHead() {
+      return leaderRecorder?.ackedHead;
+    },
     close: async () => {
       await leaderRecorder?.close();
       leaderRecorder = undefined;
     },
   };
+
+  const anchor = new ProvenanceAnchor(
+    rest,
+    config.namespace,
+    createEs256Signer(signingKey),
+    log.child("anchor"),
+  );
+  const anchorHead = () =>
+    anchor
+      .anchor(recorder.ackedHead)
+      .catch((err: unknown) => log.warn("provenance checkpoint not anchored", { error: errorText(err) }));
+  const checkpointTimer = setInterval(() => {
+    if (leading) void anchorHead();
+  }, config.checkpointIntervalMs);
+  checkpointTimer.unref();
 
   const bundles = new TrustBundlePublisher(rest, log.child("trust-bundle"), {
     "ca.crt": trustAnchorsPem,
@@ -401,8 +420,10 @@ async function main(): Promise<void> {
       await writer.close();
       return;
     }
-    // Before the first reconcile: tasks created from now on carry records.
+    // Before the first reconcile: tasks created from now on carry records,
+    // and verifiers can find the key this writer signs with.
     await admission.register();
+    await anchor.publishKey(signingKey);
     leaderRecorder = writer;
     leading = true;
     metrics.leader(true);
@@ -440,6 +461,8 @@ async function main(): Promise<void> {
       process.exit(1);
     }
     await recorder.close();
+    // The final head, acknowledged: the next writer's stream starts anew.
+    await anchorHead();
   };
   const elector = config.leaderElection
     ? new LeaderElector({

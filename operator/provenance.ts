@@ -23,7 +23,16 @@ export interface ProvenanceRecorder {
   /** True while the last send succeeded (for the Issuing condition's message and readiness). */
   readonly healthy: boolean;
   readonly backlog: number;
+  /** The last event Kafka acknowledged (what a checkpoint may anchor); undefined before the first. */
+  readonly ackedHead?: AckedHead | undefined;
   close(): Promise<void>;
+}
+
+export interface AckedHead {
+  readonly stream: string;
+  readonly epoch: number;
+  readonly seq: number;
+  readonly hash: string;
 }
 
 /** A UUID-shaped id derived from its parts (SHA-256), for events recorded at most once in meaning. */
@@ -66,6 +75,7 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
       lastError = msg;
     },
   });
+  let acked: AckedHead | undefined;
   return {
     record(type, subject, data, rootUid, id) {
       // Appending is synchronous, so events enter the stream (and the
@@ -78,11 +88,20 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
         time: new Date().toISOString(),
         data,
       } as never);
-      return producer.send({
-        key: rootUid,
-        value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
-        headers: { "content-type": "application/cloudevents+json" },
-      });
+      const { seq, hash } = writer.head;
+      return producer
+        .send({
+          key: rootUid,
+          value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+          headers: { "content-type": "application/cloudevents+json" },
+        })
+        .then(() => {
+          // Acknowledgements arrive in stream order; keep the highest.
+          if (!acked || seq > acked.seq) acked = { stream, epoch: opts.epoch, seq, hash };
+        });
+    },
+    get ackedHead() {
+      return acked;
     },
     get healthy() {
       return !producer.failing;

@@ -3,10 +3,12 @@
 // the Secret atomically, deletion revokes, bad specs are refused by field.
 import "reflect-metadata";
 import { execFileSync } from "node:child_process";
-import { randomUUID, X509Certificate } from "node:crypto";
+import { type JsonWebKey, randomUUID, X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import type { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { verifyCheckpoint } from "../../core/provenance/checkpoint.ts";
+import { createKeyRing } from "../../core/provenance/sign.ts";
 import { DELEGATION_EXTENSION_OID, decodeDelegationExtension } from "../../core/x509/index.ts";
 import { eventually } from "../support/eventually.ts";
 import { readTopic } from "../support/kafka.ts";
@@ -338,6 +340,53 @@ describe("kubectl", () => {
     const described = kubectl("describe", "at", "review-pr", "-n", ns);
     expect(described).toContain("Delegation Chain");
     expect(described).toContain("Conditions");
+  });
+});
+
+describe("provenance anchoring", () => {
+  it("publishes the provenance key and anchors a signed checkpoint of an acknowledged stream head", async () => {
+    await waitPhase("review-pr", "Issued");
+    const cm = await eventually(
+      async () => {
+        const c = await core.readNamespacedConfigMap({ name: "custody-provenance", namespace: bed.opNs });
+        if (!Object.keys(c.data ?? {}).some((k) => k.startsWith("checkpoint.")))
+          throw new Error("no checkpoint anchored yet");
+        return c;
+      },
+      { timeoutMs: 30_000 },
+    );
+    const keys = createKeyRing(
+      (JSON.parse(cm.data!["jwks.json"]!) as { keys: JsonWebKey[] }).keys.map(
+        (k) => ({ ...k }) as JsonWebKey,
+      ),
+    );
+    const [key, text] = Object.entries(cm.data!).find(([k]) => k.startsWith("checkpoint."))!;
+    const verdict = verifyCheckpoint(JSON.parse(text), keys);
+    expect(verdict.ok).toBe(true);
+    if (!verdict.ok) return;
+    expect(key).toBe(`checkpoint.${verdict.checkpoint.stream.replace("/", ".")}`);
+    // The anchored head is an event Kafka holds, with that exact hash.
+    const records = await readTopic(env.kafkaBrokers, topic, (rs) =>
+      rs.some((r) => r.value.includes(`"custodyhash":"${verdict.checkpoint.hash}"`)),
+    );
+    const head = records
+      .map(
+        (r) =>
+          JSON.parse(r.value) as {
+            custodystream: string;
+            custodyseq: number;
+            custodyhash: string;
+            custodykid: string;
+          },
+      )
+      .find((e) => e.custodyhash === verdict.checkpoint.hash);
+    expect(head).toMatchObject({
+      custodystream: verdict.checkpoint.stream,
+      custodyseq: verdict.checkpoint.seq,
+    });
+    expect(keys.has(head!.custodykid)).toBe(true);
+    // A tampered checkpoint does not verify.
+    expect(verifyCheckpoint({ ...JSON.parse(text), seq: verdict.checkpoint.seq + 1 }, keys).ok).toBe(false);
   });
 });
 

@@ -1,0 +1,116 @@
+// Outside Kafka, in the operator's namespace: the provenance public keys
+// (so that `custody verify` needs no private key) and signed checkpoints of
+// each stream's acknowledged head (so that a rewritten or truncated topic
+// tail is detected: verify requires the stream to reach the last checkpoint).
+// One ConfigMap, `custody-provenance`; checkpoints are few small writes (at
+// most one per interval, only when the head moved).
+import { createPublicKey, type KeyObject } from "node:crypto";
+import { type Checkpoint, makeCheckpoint } from "../core/provenance/checkpoint.ts";
+import { jwkThumbprint, type Signer } from "../core/provenance/sign.ts";
+import { isAlreadyExists, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
+import type { Logger } from "../shells/log.ts";
+import type { AckedHead } from "./provenance.ts";
+import { COMPONENT_LABEL, configMapPath, MANAGED_BY, MANAGED_BY_LABEL } from "./resources.ts";
+
+export const PROVENANCE_CONFIGMAP = "custody-provenance";
+export const JWKS_KEY = "jwks.json";
+export const CHECKPOINT_PREFIX = "checkpoint.";
+
+/** ConfigMap keys allow [-._a-zA-Z0-9]: a stream `operator/<id>` becomes `checkpoint.operator.<id>`. */
+export function checkpointKey(stream: string): string {
+  return `${CHECKPOINT_PREFIX}${stream.replace(/[^-._a-zA-Z0-9]/g, ".")}`;
+}
+
+interface ConfigMap {
+  metadata?: { resourceVersion?: string };
+  data?: Record<string, string>;
+}
+
+export class ProvenanceAnchor {
+  readonly #rest: KubeRest;
+  readonly #namespace: string;
+  readonly #signer: Signer;
+  readonly #log: Logger;
+  #anchoredSeq = new Map<string, number>();
+
+  constructor(rest: KubeRest, namespace: string, signer: Signer, log: Logger) {
+    this.#rest = rest;
+    this.#namespace = namespace;
+    this.#signer = signer;
+    this.#log = log;
+  }
+
+  /** Adds this key's public JWK to jwks.json (keys of earlier writers stay: old events keep verifying). */
+  async publishKey(key: KeyObject): Promise<void> {
+    const publicKey = key.type === "private" ? createPublicKey(key) : key;
+    const jwk = publicKey.export({ format: "jwk" }) as Record<string, string>;
+    const kid = jwkThumbprint(publicKey);
+    const entry = { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y, kid, alg: "ES256", use: "sig" };
+    const current = await this.#get();
+    const keys = parseJwks(current?.data?.[JWKS_KEY]);
+    if (keys.some((k) => k.kid === kid)) return;
+    await this.#write({ [JWKS_KEY]: `${JSON.stringify({ keys: [...keys, entry] }, null, 2)}\n` }, current);
+    this.#log.info("provenance key published", { configMap: PROVENANCE_CONFIGMAP, kid });
+  }
+
+  /** Signs and stores a checkpoint of the head when it moved since the last one. */
+  async anchor(head: AckedHead | undefined, now = new Date()): Promise<Checkpoint | undefined> {
+    if (!head || (this.#anchoredSeq.get(head.stream) ?? 0) >= head.seq) return undefined;
+    const checkpoint = makeCheckpoint({
+      stream: head.stream,
+      seq: head.seq,
+      hash: head.hash,
+      epoch: head.epoch,
+      time: now.toISOString(),
+      signer: this.#signer,
+    });
+    await this.#write({ [checkpointKey(head.stream)]: JSON.stringify(checkpoint) }, await this.#get());
+    this.#anchoredSeq.set(head.stream, head.seq);
+    return checkpoint;
+  }
+
+  async #get(): Promise<ConfigMap | undefined> {
+    try {
+      return await this.#rest.get<ConfigMap>(configMapPath(this.#namespace, PROVENANCE_CONFIGMAP));
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async #write(data: Record<string, string>, current: ConfigMap | undefined): Promise<void> {
+    if (!current) {
+      const created = await this.#rest
+        .post(configMapPath(this.#namespace), {
+          apiVersion: "v1",
+          kind: "ConfigMap",
+          metadata: {
+            name: PROVENANCE_CONFIGMAP,
+            namespace: this.#namespace,
+            labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "provenance" },
+          },
+          data,
+        })
+        .then(
+          () => true,
+          (err: unknown) => {
+            if (isAlreadyExists(err)) return false; // created meanwhile: merge into it
+            throw err;
+          },
+        );
+      if (created) return;
+    }
+    // A merge patch of our keys only: other streams' checkpoints stay as they are.
+    await this.#rest.patch(configMapPath(this.#namespace, PROVENANCE_CONFIGMAP), { data }, "merge");
+  }
+}
+
+function parseJwks(text: string | undefined): Array<Record<string, string>> {
+  if (!text) return [];
+  try {
+    const parsed = JSON.parse(text) as { keys?: unknown };
+    return Array.isArray(parsed.keys) ? (parsed.keys as Array<Record<string, string>>) : [];
+  } catch {
+    return [];
+  }
+}
