@@ -3,6 +3,7 @@
 
 import { randomBytes, X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
+import { SVID_VOLUME_NAME } from "../core/admission/injection.ts";
 import { type AgentTask, API_VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
 import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
@@ -174,6 +175,17 @@ async function main(): Promise<void> {
         annotations: { [CONTENT_HASH_ANNOTATION]: c.metadata.annotations?.[CONTENT_HASH_ANNOTATION] ?? "" },
       },
     }),
+    logger: log.child("informer"),
+  });
+
+  // Pods that opt in, slimmed to what the `injected` event needs: provenance
+  // records an injection once the pod exists (name and uid are not assigned
+  // at mutating admission).
+  const pods = new Informer<PodMeta>({
+    name: "identity-pods",
+    listWatch: restListWatch(rest, "/api/v1/pods"),
+    labelSelector: TASK_LABEL,
+    transform: slimPod,
     logger: log.child("informer"),
   });
 
@@ -385,6 +397,7 @@ async function main(): Promise<void> {
     enqueue(key);
     if (old.state !== t.state) {
       enqueueDescendants(key);
+      if (t.state.startsWith("Issued|")) recordPendingInjections(t.metadata.namespace, t.metadata.name);
       if (t.state.startsWith("Revoked|") && !old.state.startsWith("Revoked|"))
         publishRevoked(t.metadata.namespace);
     }
@@ -395,7 +408,40 @@ async function main(): Promise<void> {
     enqueue(key);
     enqueueDescendants(key);
   });
+  // Injections recorded by this process (a re-list or a new leader repeats
+  // some, with the same deterministic ids).
+  const injected = new Set<string>();
+  const recordInjection = (p: PodMeta) => {
+    if (!leading || !p.injected || injected.has(`${p.metadata.uid}|${p.task}`)) return;
+    const key = `${p.metadata.namespace}/${p.task}`;
+    reconciler
+      .recordInjected(key, {
+        namespace: p.metadata.namespace,
+        name: p.metadata.name,
+        uid: p.metadata.uid,
+        containers: p.containers,
+      })
+      .then(
+        (done) => {
+          if (done) injected.add(`${p.metadata.uid}|${p.task}`);
+        },
+        (err: unknown) =>
+          log.warn("injected event not recorded", {
+            pod: `${key}/${p.metadata.name}`,
+            error: errorText(err),
+          }),
+      );
+  };
+  pods.onAdd(recordInjection);
+  pods.onUpdate((_o, p) => recordInjection(p));
+  pods.onDelete((p) => injected.delete(`${p.metadata.uid}|${p.task}`));
+  // A task that becomes Issued: its pods that were waiting for the credential.
+  const recordPendingInjections = (ns: string, task: string) => {
+    for (const p of pods.list(ns)) if (p.task === task) recordInjection(p);
+  };
+
   tasks.start();
+  pods.start();
   await tasks.waitForSync();
   log.info("caches synced", {
     tasks: tasks.size,
@@ -430,6 +476,8 @@ async function main(): Promise<void> {
     // Bundles may be stale (a new CA, anchor or revocation since the last
     // leader) or missing (deleted meanwhile): settle every namespace now.
     for (const ns of new Set(tasks.list().map((c) => c.metadata.namespace))) publishRevoked(ns);
+    // Pods that appeared while no leader recorded them.
+    for (const p of pods.list()) recordInjection(p);
     // Overdue tasks first: a deadline that passed while no leader ran is
     // settled (credential deleted, Expired) before anything is issued.
     const now = Date.now();
@@ -507,13 +555,53 @@ async function main(): Promise<void> {
     // so that a standby takes over at once.
     if (elector) await elector.stop();
     else await stopLeading();
-    await Promise.all([tasks.stop(), secrets.stop(), bundleMaps.stop(), admission.close()]);
+    await Promise.all([tasks.stop(), secrets.stop(), bundleMaps.stop(), pods.stop(), admission.close()]);
     health.close();
     rest.close();
     process.exit(0);
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+interface PodMeta {
+  metadata: { name: string; namespace: string; uid: string; resourceVersion?: string };
+  /** The task named by the opt-in label. */
+  task: string;
+  /** True when the pod mounts Custody's credential volume (the webhook injected it). */
+  injected: boolean;
+  containers: string[];
+}
+
+function slimPod(p: PodMeta | Record<string, unknown>): PodMeta {
+  if ("task" in p && "injected" in p) return p as PodMeta;
+  const pod = p as {
+    metadata: {
+      name: string;
+      namespace: string;
+      uid: string;
+      resourceVersion?: string;
+      labels?: Record<string, string>;
+    };
+    spec?: {
+      volumes?: Array<{ name?: string }>;
+      containers?: Array<{ name: string; volumeMounts?: Array<{ name?: string }> }>;
+    };
+  };
+  const injectedVolume = (pod.spec?.volumes ?? []).some((v) => v.name === SVID_VOLUME_NAME);
+  return {
+    metadata: {
+      name: pod.metadata.name,
+      namespace: pod.metadata.namespace,
+      uid: pod.metadata.uid,
+      ...(pod.metadata.resourceVersion ? { resourceVersion: pod.metadata.resourceVersion } : {}),
+    },
+    task: pod.metadata.labels?.[TASK_LABEL] ?? "",
+    injected: injectedVolume,
+    containers: (pod.spec?.containers ?? [])
+      .filter((c) => (c.volumeMounts ?? []).some((m) => m.name === SVID_VOLUME_NAME))
+      .map((c) => c.name),
+  };
 }
 
 interface CompactTask {

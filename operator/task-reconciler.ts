@@ -161,8 +161,24 @@ const ISSUE_REASON_TEXT = {
   CredentialMissing: "the credential Secret is missing or differs from status",
 } as const;
 
+/** What the pod watch keeps of a pod that carries a Custody identity. */
+export interface InjectedPod {
+  namespace: string;
+  name: string;
+  uid: string;
+  /** Containers that mount the credential volume. */
+  containers: string[];
+}
+
 export interface TaskReconciler {
   reconcile(key: string): Promise<HandlerResult>;
+  /**
+   * Records `injected` for a pod that exists and mounts the task's current
+   * credential; false when the task has no certificate yet (call again once
+   * it is Issued). The id derives from the pod uid and serial: seeing the pod
+   * again (a re-list, a new leader) yields a recognisable duplicate.
+   */
+  recordInjected(taskKey: string, pod: InjectedPod): Promise<boolean>;
   /** Tell the reconciler the informer now has this resourceVersion of the task. */
   observed(key: string, resourceVersion: string | undefined): void;
 }
@@ -176,7 +192,29 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
   );
   const { rest, log } = deps;
 
-  return { reconcile, observed: (key, rv) => written.observed(key, rv) };
+  return { reconcile, observed: (key, rv) => written.observed(key, rv), recordInjected };
+
+  async function recordInjected(taskKey: string, pod: InjectedPod): Promise<boolean> {
+    const cached = deps.getTask(taskKey);
+    if (!cached) return false;
+    const task = written.freshest(taskKey, cached);
+    const serial = task.status?.certificate?.serial;
+    if (task.status?.phase !== "Issued" || !serial || pod.containers.length === 0) return false;
+    const context = contextOf(task);
+    await deps.recorder.record(
+      "dev.custody.task.injected",
+      task.status?.spiffeID ?? `${context.namespace}/${context.name}`,
+      {
+        context,
+        pod: { namespace: pod.namespace, name: pod.name.slice(0, 253), uid: pod.uid },
+        containers: pod.containers.slice(0, 256).map((c) => c.slice(0, 253)),
+        serial,
+      },
+      context.rootUid,
+      deterministicEventId("injected", pod.uid, serial),
+    );
+    return true;
+  }
 
   async function reconcile(key: string): Promise<HandlerResult> {
     const cached = deps.getTask(key);

@@ -13,6 +13,7 @@ import { identitySpecDigest } from "../../core/delegation.ts";
 import { type ClusterCredentials, loadClusterCredentials } from "../../shells/kube/credentials.ts";
 import { KubeRest } from "../../shells/kube/rest.ts";
 import { eventually } from "../support/eventually.ts";
+import { readTopic } from "../support/kafka.ts";
 import { startOperator, waitForAdmission } from "../support/operator-process.ts";
 import { startTestbed, TESTBED_LABEL, type Testbed } from "../support/testbed.ts";
 
@@ -345,6 +346,20 @@ describe("sub-agents", () => {
       spec: { volumes?: Array<{ name: string }> };
     }>(`/api/v1/namespaces/${ns}/pods`, pod("carrier", "parent"));
     expect(carrier.spec.volumes?.map((v) => v.name)).toContain("custody-svid");
+    // Provenance records the injection once the pod exists, with its name and uid.
+    const injected = await readTopic(env.kafkaBrokers, bed.topic, (rs) =>
+      rs.some((r) => r.value.includes("dev.custody.task.injected") && r.value.includes(carrier.metadata.uid)),
+    );
+    const event = injected
+      .map(
+        (r) =>
+          JSON.parse(r.value) as {
+            type: string;
+            data: { pod: { name: string; uid: string }; containers: string[] };
+          },
+      )
+      .find((e) => e.type === "dev.custody.task.injected" && e.data.pod.uid === carrier.metadata.uid);
+    expect(event?.data).toMatchObject({ pod: { name: "carrier" }, containers: ["agent"] });
     const stranger = await users.alice.post<{ metadata: { uid: string } }>(
       `/api/v1/namespaces/${ns}/pods`,
       pod("stranger"),
