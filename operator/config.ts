@@ -65,6 +65,8 @@ const schema = z.object({
   CUSTODY_EXCLUDED_NAMESPACES: z.string().default("kube-system"),
   /** How often the leader anchors a signed checkpoint of its stream head (when it moved). */
   CUSTODY_CHECKPOINT_INTERVAL_SECONDS: z.coerce.number().int().min(1).max(3600).default(10),
+  /** Tests only: exit at this point of the issuance seam (after-issued-ack), to prove crash recovery. */
+  CUSTODY_FAILPOINT: z.enum(["after-issued-ack"]).optional(),
   CUSTODY_RECORD_MAX_SKEW_SECONDS: z.coerce.number().int().min(1).max(60).default(5),
 });
 
@@ -97,6 +99,7 @@ export interface OperatorConfig {
   };
   recordMaxSkewMs: number;
   checkpointIntervalMs: number;
+  failpoint: "after-issued-ack" | undefined;
 }
 
 export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig {
@@ -150,6 +153,7 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
     },
     recordMaxSkewMs: c.CUSTODY_RECORD_MAX_SKEW_SECONDS * 1000,
     checkpointIntervalMs: c.CUSTODY_CHECKPOINT_INTERVAL_SECONDS * 1000,
+    failpoint: c.CUSTODY_FAILPOINT,
   };
 }
 

@@ -6,6 +6,7 @@ import { hostname } from "node:os";
 import { SVID_VOLUME_NAME } from "../core/admission/injection.ts";
 import { type AgentTask, API_VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
+import { findAbandoned } from "../core/provenance/abandoned.ts";
 import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
@@ -20,7 +21,7 @@ import { loadOrCreateCa } from "./ca-store.ts";
 import { loadOperatorConfig } from "./config.ts";
 import { boundPort, serveHealth } from "./health.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
-import { createKafkaRecorder, type ProvenanceRecorder } from "./provenance.ts";
+import { createKafkaRecorder, deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
 import { ProvenanceAnchor } from "./provenance-anchor.ts";
 import {
   COMPONENT_LABEL,
@@ -98,6 +99,7 @@ async function main(): Promise<void> {
     get ackedHead() {
       return leaderRecorder?.ackedHead;
     },
+    resumeOffsets: () => leaderRecorder?.resumeOffsets?.() ?? {},
     close: async () => {
       await leaderRecorder?.close();
       leaderRecorder = undefined;
@@ -112,7 +114,7 @@ async function main(): Promise<void> {
   );
   const anchorHead = () =>
     anchor
-      .anchor(recorder.ackedHead)
+      .anchor(recorder.ackedHead, recorder.resumeOffsets?.())
       .catch((err: unknown) => log.warn("provenance checkpoint not anchored", { error: errorText(err) }));
   const checkpointTimer = setInterval(() => {
     if (leading) void anchorHead();
@@ -227,6 +229,15 @@ async function main(): Promise<void> {
     bundles,
     trustDomain: config.trustDomain,
     recordKeys: admissionKeys,
+    ...(config.failpoint
+      ? {
+          failpoint: (name: string) => {
+            if (name !== config.failpoint) return;
+            log.error("failpoint reached: exiting", { failpoint: name });
+            process.exit(86);
+          },
+        }
+      : {}),
     recordMaxSkewMs: config.recordMaxSkewMs,
     renewJitter: config.renewJitter,
     log: log.child("reconciler"),
@@ -471,6 +482,11 @@ async function main(): Promise<void> {
     await admission.register();
     await anchor.publishKey(signingKey);
     leaderRecorder = writer;
+    // Where this writer's records begin, before its first event; then what
+    // the predecessors left: serials announced but never delivered.
+    const myStream = `operator/${identity}`;
+    await anchor.start(myStream, writer.resumeOffsets?.() ?? {});
+    await settleAbandoned(writer, myStream);
     leading = true;
     metrics.leader(true);
     // Bundles may be stale (a new CA, anchor or revocation since the last
@@ -486,6 +502,68 @@ async function main(): Promise<void> {
     for (const t of all) if (t.deadline > now) queue.add(t.key);
     log.info("leading: reconciling", { epoch, tasks: all.length });
   };
+  const settleAbandoned = async (writer: ProvenanceRecorder, myStream: string) => {
+    const streams = await anchor.unsettled(myStream);
+    if (streams.length === 0 || !writer.readTail) return;
+    const from = new Map<number, string>();
+    for (const s of streams) {
+      for (const [p, o] of Object.entries(s.partitions)) {
+        const prev = from.get(Number(p));
+        if (prev === undefined || BigInt(o) < BigInt(prev)) from.set(Number(p), o);
+      }
+    }
+    const names = new Set(streams.map((s) => s.stream));
+    const records = (await writer.readTail(from)).sort((a, b) =>
+      a.partition !== b.partition ? a.partition - b.partition : Number(BigInt(a.offset) - BigInt(b.offset)),
+    );
+    const events = records
+      .map((r) => {
+        try {
+          return JSON.parse(r.value.toString("utf8")) as { custodystream?: string } & Parameters<
+            typeof findAbandoned
+          >[0][number];
+        } catch {
+          return undefined;
+        }
+      })
+      .filter((e): e is NonNullable<typeof e> => e !== undefined && names.has(e.custodystream ?? ""));
+    const held = (uid: string, ns: string, name: string) => {
+      const c = tasks.get(`${ns}/${name}`);
+      const t = c ? (JSON.parse(c.json) as AgentTask) : undefined;
+      const serials = new Set<string>();
+      if (t && t.metadata.uid === uid) {
+        if (t.status?.certificate?.serial) serials.add(t.status.certificate.serial);
+        const secret = credentialIndex.get(`${ns}/${name}`);
+        if (secret) serials.add(secret);
+      }
+      return serials;
+    };
+    const byUid = new Map(events.map((e) => [e.data?.context?.taskUid ?? "", e.data?.context]));
+    const abandoned = findAbandoned(events, (uid) => {
+      const c = byUid.get(uid);
+      return c ? held(uid, c.namespace, c.name) : new Set();
+    });
+    for (const a of abandoned) {
+      await writer.record(
+        "dev.custody.task.issuance.abandoned",
+        a.subject,
+        {
+          context: a.context,
+          serial: a.serial,
+          reason: "recorded as issued, but the writer stopped before the credential was delivered",
+        },
+        a.context.rootUid,
+        deterministicEventId("abandoned", a.context.taskUid, a.serial),
+      );
+    }
+    await anchor.markSettled([...names], myStream);
+    log.info("predecessors' tails settled", {
+      streams: [...names],
+      events: events.length,
+      abandoned: abandoned.length,
+    });
+  };
+
   const stopLeading = async () => {
     leading = false;
     metrics.leader(false);

@@ -15,11 +15,24 @@ import { COMPONENT_LABEL, configMapPath, MANAGED_BY, MANAGED_BY_LABEL } from "./
 export const PROVENANCE_CONFIGMAP = "custody-provenance";
 export const JWKS_KEY = "jwks.json";
 export const CHECKPOINT_PREFIX = "checkpoint.";
+/** Per stream: where in each partition its records not yet covered by its checkpoint begin. */
+export const OFFSETS_PREFIX = "offsets.";
+/** Per stream: its tail was settled by a successor (abandoned issuances recorded). */
+export const SETTLED_PREFIX = "settled.";
+
+export interface StreamOffsets {
+  stream: string;
+  /** partition → offset */
+  partitions: Record<string, string>;
+  time: string;
+}
 
 /** ConfigMap keys allow [-._a-zA-Z0-9]: a stream `operator/<id>` becomes `checkpoint.operator.<id>`. */
 export function checkpointKey(stream: string): string {
-  return `${CHECKPOINT_PREFIX}${stream.replace(/[^-._a-zA-Z0-9]/g, ".")}`;
+  return `${CHECKPOINT_PREFIX}${safe(stream)}`;
 }
+
+const safe = (stream: string) => stream.replace(/[^-._a-zA-Z0-9]/g, ".");
 
 interface ConfigMap {
   metadata?: { resourceVersion?: string };
@@ -53,8 +66,42 @@ export class ProvenanceAnchor {
     this.#log.info("provenance key published", { configMap: PROVENANCE_CONFIGMAP, kid });
   }
 
+  /** Where a new writer's records begin, before its first event: a crash at any point leaves a bound. */
+  async start(stream: string, partitions: Record<string, string>, now = new Date()): Promise<void> {
+    const offsets: StreamOffsets = { stream, partitions, time: now.toISOString() };
+    await this.#write({ [`${OFFSETS_PREFIX}${safe(stream)}`]: JSON.stringify(offsets) }, await this.#get());
+  }
+
+  /** Streams of earlier writers whose tails no successor has settled yet. */
+  async unsettled(self: string): Promise<StreamOffsets[]> {
+    const data = (await this.#get())?.data ?? {};
+    const out: StreamOffsets[] = [];
+    for (const [key, text] of Object.entries(data)) {
+      if (!key.startsWith(OFFSETS_PREFIX)) continue;
+      try {
+        const o = JSON.parse(text) as StreamOffsets;
+        if (o.stream !== self && data[`${SETTLED_PREFIX}${safe(o.stream)}`] === undefined) out.push(o);
+      } catch {
+        // not ours to interpret
+      }
+    }
+    return out;
+  }
+
+  async markSettled(streams: readonly string[], by: string, now = new Date()): Promise<void> {
+    if (streams.length === 0) return;
+    const data: Record<string, string> = {};
+    for (const s of streams)
+      data[`${SETTLED_PREFIX}${safe(s)}`] = JSON.stringify({ by, time: now.toISOString() });
+    await this.#write(data, await this.#get());
+  }
+
   /** Signs and stores a checkpoint of the head when it moved since the last one. */
-  async anchor(head: AckedHead | undefined, now = new Date()): Promise<Checkpoint | undefined> {
+  async anchor(
+    head: AckedHead | undefined,
+    offsets?: Record<string, string>,
+    now = new Date(),
+  ): Promise<Checkpoint | undefined> {
     if (!head || (this.#anchoredSeq.get(head.stream) ?? 0) >= head.seq) return undefined;
     const checkpoint = makeCheckpoint({
       stream: head.stream,
@@ -64,7 +111,21 @@ export class ProvenanceAnchor {
       time: now.toISOString(),
       signer: this.#signer,
     });
-    await this.#write({ [checkpointKey(head.stream)]: JSON.stringify(checkpoint) }, await this.#get());
+    await this.#write(
+      {
+        [checkpointKey(head.stream)]: JSON.stringify(checkpoint),
+        ...(offsets
+          ? {
+              [`${OFFSETS_PREFIX}${safe(head.stream)}`]: JSON.stringify({
+                stream: head.stream,
+                partitions: offsets,
+                time: now.toISOString(),
+              } satisfies StreamOffsets),
+            }
+          : {}),
+      },
+      await this.#get(),
+    );
     this.#anchoredSeq.set(head.stream, head.seq);
     return checkpoint;
   }

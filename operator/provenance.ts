@@ -8,6 +8,7 @@ import { createStreamWriter, type StreamWriter } from "../core/provenance/chain.
 import type { EventData, EventType } from "../core/provenance/events.ts";
 import { createEs256Signer } from "../core/provenance/sign.ts";
 import { BatchingProducer } from "../shells/kafka/batching-producer.ts";
+import { readTail, type TailRecord } from "../shells/kafka/read-tail.ts";
 import type { Logger } from "../shells/log.ts";
 
 export interface ProvenanceRecorder {
@@ -25,6 +26,10 @@ export interface ProvenanceRecorder {
   readonly backlog: number;
   /** The last event Kafka acknowledged (what a checkpoint may anchor); undefined before the first. */
   readonly ackedHead?: AckedHead | undefined;
+  /** Per partition, an offset at or before every record of this writer not yet covered by ackedHead. */
+  resumeOffsets?(): Record<string, string>;
+  /** Reads the topic from these offsets to its current end (a predecessor's tail). */
+  readTail?(from: ReadonlyMap<number, string>): Promise<TailRecord[]>;
   close(): Promise<void>;
 }
 
@@ -60,7 +65,7 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
     logLevel: logLevel.NOTHING,
     retry: { retries: 5, initialRetryTime: 100, maxRetryTime: 2000 },
   });
-  await ensureTopic(kafka, opts);
+  const startOffsets = await ensureTopic(kafka, opts);
   const stream = `operator/${opts.writer}`;
   const signer = createEs256Signer(opts.signingKey);
   const writer: StreamWriter = createStreamWriter({ stream, epoch: opts.epoch, signer });
@@ -103,6 +108,13 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
     get ackedHead() {
       return acked;
     },
+    resumeOffsets() {
+      // Every record this writer sends after now lies at or beyond these.
+      const out: Record<string, string> = {};
+      for (const [p, start] of startOffsets) out[String(p)] = producer.lastBatchOffsets.get(p) ?? start;
+      return out;
+    },
+    readTail: (from) => readTail(kafka, opts.topic, from),
     get healthy() {
       return !producer.failing;
     },
@@ -113,7 +125,8 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
   };
 }
 
-async function ensureTopic(kafka: Kafka, opts: KafkaRecorderOptions): Promise<void> {
+/** Creates the topic when missing; returns each partition's high watermark (where this writer's records begin). */
+async function ensureTopic(kafka: Kafka, opts: KafkaRecorderOptions): Promise<Map<number, string>> {
   const admin = kafka.admin();
   await admin.connect();
   try {
@@ -138,6 +151,8 @@ async function ensureTopic(kafka: Kafka, opts: KafkaRecorderOptions): Promise<vo
       });
       opts.log.info("provenance topic created", { topic: opts.topic, partitions: opts.partitions });
     }
+    const offsets = await admin.fetchTopicOffsets(opts.topic);
+    return new Map(offsets.map((p) => [p.partition, p.high]));
   } finally {
     await admin.disconnect();
   }

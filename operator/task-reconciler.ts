@@ -88,6 +88,8 @@ export interface TaskReconcilerDeps {
   log: Logger;
   metrics?: ReconcilerMetrics;
   now?: () => number;
+  /** Tests only: called at named points of the seam (e.g. to crash after an acknowledged `issued`). */
+  failpoint?: (name: string) => void;
 }
 
 /**
@@ -398,6 +400,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     } else {
       await record("dev.custody.task.issued", task, { certificate }, chain);
     }
+    deps.failpoint?.("after-issued-ack");
 
     await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId);
 

@@ -38,6 +38,7 @@ export class BatchingProducer {
   #stopped = false;
   #connected = false;
   #failures = 0;
+  readonly #baseOffsets = new Map<number, string>();
 
   constructor(kafka: Kafka, opts: BatchingProducerOptions) {
     // kafkajs 2.2.4's idempotent producer is only correct with one request in
@@ -57,6 +58,14 @@ export class BatchingProducer {
   /** Records waiting for an acknowledgement. */
   get backlog(): number {
     return this.#queue.length - this.#head;
+  }
+
+  /**
+   * Per partition, the first offset of the last acknowledged batch: every
+   * record sent after it (one request in flight, in order) lies at or beyond.
+   */
+  get lastBatchOffsets(): ReadonlyMap<number, string> {
+    return this.#baseOffsets;
   }
 
   /** Last send failed and has not succeeded since. */
@@ -89,7 +98,9 @@ export class BatchingProducer {
             value: p.record.value,
             ...(p.record.headers ? { headers: p.record.headers } : {}),
           }));
-          await this.#producer.send({ topic: this.#opts.topic, acks: -1, messages });
+          const acked = await this.#producer.send({ topic: this.#opts.topic, acks: -1, messages });
+          for (const r of acked)
+            if (r.baseOffset !== undefined) this.#baseOffsets.set(r.partition, r.baseOffset);
         } catch (err) {
           this.#failures++;
           this.#opts.onSendError?.(err, this.#failures);
