@@ -27,9 +27,12 @@ function transient(err: unknown): boolean {
   const e = err as { code?: number; message?: string; body?: unknown };
   if (e.code === 503) return true;
   const text = `${e.message ?? ""} ${typeof e.body === "string" ? e.body : JSON.stringify(e.body ?? "")}`;
+  // The API server also drops its webhook connections now and then (seen:
+  // "http2: client connection force closed via ClientConn.Close" while other
+  // webhook configurations churned): a client retries, as controllers do.
   return (
     e.code === 500 &&
     /failed calling webhook "agenttasks\.custody\.dev"/.test(text) &&
-    /connect: connection refused/.test(text)
+    /connect: connection refused|force closed|connection reset|EOF/.test(text)
   );
 }
