@@ -30,6 +30,7 @@ import {
   MANAGED_BY_LABEL,
   SERIAL_ANNOTATION,
   TASK_LABEL,
+  TRUST_BUNDLE_CONFIGMAP,
   taskCollectionPath,
 } from "./resources.ts";
 import { ADMISSION_KEY_SECRET, loadOrCreateSigningKey } from "./signing-keys.ts";
@@ -166,7 +167,7 @@ async function main(): Promise<void> {
     }),
     logger: log.child("informer"),
   });
-  const bundleMaps = new Informer<SecretMeta>({
+  const bundleMaps = new Informer<BundleMeta>({
     name: "trust-bundles",
     listWatch: restListWatch(rest, "/api/v1/configmaps"),
     labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY},${COMPONENT_LABEL}=trust-bundle`,
@@ -176,6 +177,10 @@ async function main(): Promise<void> {
         namespace: c.metadata.namespace,
         annotations: { [CONTENT_HASH_ANNOTATION]: c.metadata.annotations?.[CONTENT_HASH_ANNOTATION] ?? "" },
       },
+      // The published revocation list is itself the durable record of
+      // revocations whose tasks are gone: kept (and merged) until notAfter.
+      revoked:
+        ("revoked" in c ? c.revoked : (c as { data?: Record<string, string> }).data?.["revoked.txt"]) ?? "",
     }),
     logger: log.child("informer"),
   });
@@ -260,18 +265,39 @@ async function main(): Promise<void> {
   });
 
   // Revoked certificates that have not expired yet, per namespace, in the
-  // trust bundle; entries leave it once their notAfter passes.
+  // trust bundle; entries leave it once their notAfter passes. Sources: the
+  // Revoked tasks in the cache, certificates of tasks deleted while they
+  // held them (remembered here), and what the ConfigMap already lists (so a
+  // revocation outlives its task and a restart of the operator).
+  const goneRevoked = new Map<string, Map<string, string>>();
+  const revokedLines = (t: AgentTask, now: number): Array<[string, string]> => {
+    const c = t.status?.certificate;
+    if (!c) return [];
+    const out: Array<[string, string]> = [];
+    if (Date.parse(c.notAfter) > now)
+      out.push([c.serial, `${c.serial} ${t.status?.spiffeID ?? ""} ${c.notAfter}`]);
+    if (c.previousSerial && c.previousNotAfter && Date.parse(c.previousNotAfter) > now)
+      out.push([c.previousSerial, `${c.previousSerial} ${t.status?.spiffeID ?? ""} ${c.previousNotAfter}`]);
+    return out;
+  };
   const publishRevoked = (ns: string) => {
     const now = Date.now();
-    const lines: string[] = [];
+    const entries = new Map<string, string>();
+    for (const line of (bundleMaps.get(`${ns}/${TRUST_BUNDLE_CONFIGMAP}`)?.revoked ?? "").split("\n")) {
+      const [serial, , notAfter] = line.trim().split(" ");
+      if (serial && /^[0-9a-f]+$/.test(serial) && Date.parse(notAfter ?? "") > now)
+        entries.set(serial, line.trim());
+    }
+    for (const [serial, line] of goneRevoked.get(ns) ?? []) {
+      if (Date.parse(line.split(" ")[2] ?? "") > now) entries.set(serial, line);
+      else goneRevoked.get(ns)?.delete(serial);
+    }
     for (const c of tasks.list(ns)) {
       if (!c.state.startsWith("Revoked|")) continue;
-      const t = JSON.parse(c.json) as AgentTask;
-      const cert = t.status?.certificate;
-      if (cert && Date.parse(cert.notAfter) > now)
-        lines.push(`${cert.serial} ${t.status?.spiffeID ?? ""} ${cert.notAfter}`);
+      for (const [serial, line] of revokedLines(JSON.parse(c.json) as AgentTask, now))
+        entries.set(serial, line);
     }
-    bundles.setRevoked(ns, lines);
+    bundles.setRevoked(ns, [...entries.values()]);
     if (leading) void ensureBundle(ns);
   };
   const revokedSweep = setInterval(() => {
@@ -284,12 +310,18 @@ async function main(): Promise<void> {
     admission
       .register()
       .catch((err: unknown) => log.warn("admission webhooks not re-registered", { error: errorText(err) }));
-    for (const ns of new Set(
-      tasks
+    // Expired entries leave the lists.
+    for (const ns of new Set([
+      ...tasks
         .list()
         .filter((c) => c.state.startsWith("Revoked|"))
         .map((c) => c.metadata.namespace),
-    )) {
+      ...goneRevoked.keys(),
+      ...bundleMaps
+        .list()
+        .filter((b) => b.revoked.length > 0)
+        .map((b) => b.metadata.namespace),
+    ])) {
       publishRevoked(ns);
     }
   }, 60_000);
@@ -418,6 +450,18 @@ async function main(): Promise<void> {
     link(t, false);
     enqueue(key);
     enqueueDescendants(key);
+    // Deleted while it held a certificate (the finalizer revoked it) or after
+    // it was revoked: copies stay valid until notAfter, so the list keeps them.
+    if (t.state.startsWith("Issued|") || t.state.startsWith("Revoked|")) {
+      const lines = revokedLines(JSON.parse(t.json) as AgentTask, Date.now());
+      if (lines.length > 0) {
+        const ns = t.metadata.namespace;
+        const m = goneRevoked.get(ns) ?? new Map<string, string>();
+        for (const [serial, line] of lines) m.set(serial, line);
+        goneRevoked.set(ns, m);
+        publishRevoked(ns);
+      }
+    }
   });
   // Injections recorded by this process (a re-list or a new leader repeats
   // some, with the same deterministic ids).
@@ -640,6 +684,12 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
   process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+interface BundleMeta {
+  metadata: { name: string; namespace: string; annotations?: Record<string, string> };
+  /** The published revoked.txt. */
+  revoked: string;
 }
 
 interface PodMeta {

@@ -243,6 +243,14 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     if (decision.kind === "issue" || decision.kind === "wait") {
       const proven = proveRequester(task);
       if ("error" in proven) {
+        // Never a credential for it; no status either: two installations must
+        // not fight over each other's tasks (the other one writes them).
+        // (Were it our own key, lost: tasks keep their certificates until
+        // notAfter and are not renewed, rather than being revoked en masse.)
+        if (proven.foreign) {
+          log.debug("task signed by another installation's admission key: left alone", { object: key });
+          return { requeueAfterMs: 10 * 60_000 };
+        }
         const holdsCredential = task.status?.phase === "Issued" || deps.credentials.get(key) !== undefined;
         if (holdsCredential) return cascadeRevoke(task, key, "RequesterUnproven", proven.error, t);
         return denyTask(task, key, "RequesterUnproven", proven.error, t, "delegation");
@@ -294,6 +302,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       case "expire":
       case "revoke": {
         const serial = task.status?.certificate?.serial;
+        const serials = liveSerials(task, t);
         await deleteCredential(task, key);
         const phase = decision.kind === "expire" ? "Expired" : "Revoked";
         const reason = decision.kind === "expire" ? "DeadlinePassed" : "Revoked";
@@ -304,7 +313,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
           });
         } else {
           await record("dev.custody.task.revoked", task, {
-            serials: serial ? [serial] : [],
+            serials,
             reason: decision.message.slice(0, 1024),
           });
         }
@@ -402,7 +411,26 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     }
     deps.failpoint?.("after-issued-ack");
 
-    await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId);
+    try {
+      await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId);
+    } catch (err) {
+      // Announced but not delivered: say so now (the retry mints anew). A
+      // crash here instead is settled by the next leader (core/provenance/abandoned.ts).
+      await record(
+        "dev.custody.task.issuance.abandoned",
+        task,
+        {
+          serial: svid.serialHex,
+          reason:
+            `the credential Secret could not be written: ${err instanceof Error ? err.message : String(err)}`.slice(
+              0,
+              1024,
+            ),
+        },
+        chain,
+      ).catch(() => undefined);
+      throw err;
+    }
 
     const nowIso = new Date(t).toISOString();
     let conditions = setCondition(
@@ -440,6 +468,14 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         renewalTime: new Date(validity.renewalTime).toISOString(),
         publicKeySHA256: svid.publicKeySHA256,
         secretName: credentialSecretName(name),
+        // The certificate this one replaces stays valid (in copies) until its
+        // notAfter: a revocation must list it too.
+        ...(renewing && task.status?.certificate && Date.parse(task.status.certificate.notAfter) > t
+          ? {
+              previousSerial: task.status.certificate.serial,
+              previousNotAfter: task.status.certificate.notAfter,
+            }
+          : {}),
       },
       policyVersion: "none",
       observedGeneration: task.metadata.generation ?? 0,
@@ -464,7 +500,9 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
   // ---------------------------------------------------------------- helpers
 
-  function proveRequester(task: AgentTask): { record: RequesterRecord } | { error: string } {
+  function proveRequester(
+    task: AgentTask,
+  ): { record: RequesterRecord } | { error: string; foreign: boolean } {
     try {
       const record = verifyRecord(task.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION], {
         namespace: task.metadata.namespace ?? "",
@@ -495,6 +533,9 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         error:
           `${err.message}; without a verified admission record no credential is issued ` +
           "(was the task created while Custody's admission webhook was not registered?)",
+        // Signed by a key this installation does not hold: another
+        // installation's task (or a forgery), not ours to judge or revoke.
+        foreign: err.rule === "kid",
       };
     }
   }
@@ -602,11 +643,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     message: string,
     t: number,
   ): Promise<HandlerResult> {
-    const serial = task.status?.certificate?.serial;
+    const serials = liveSerials(task, t);
     await deleteCredential(task, key);
     const ancestorUid = deadAncestorUid(task, (n) => deps.getTask(`${task.metadata.namespace ?? ""}/${n}`));
     await record("dev.custody.task.revoked", task, {
-      serials: serial ? [serial] : [],
+      serials,
       reason: message.slice(0, 1024),
       ...(ancestorUid ? { cascadeFromUid: ancestorUid } : {}),
     });
@@ -727,7 +768,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     await deleteCredential(task, key);
     if (serial && task.status?.phase === "Issued") {
       await record("dev.custody.task.revoked", task, {
-        serials: [serial],
+        serials: liveSerials(task, now()),
         reason: "the AgentTask was deleted",
       });
     }
@@ -828,6 +869,16 @@ function pendingStatus(task: AgentTask, reason: string, message: string, t: numb
     phase: "Pending",
     ...conditionsFor(task, t, { status: "False", reason, message }),
   };
+}
+
+/** The task's certificates that copies could still present: current and (until it expires) the one it renewed. */
+export function liveSerials(task: AgentTask, t: number): string[] {
+  const c = task.status?.certificate;
+  if (!c) return [];
+  const serials = [c.serial];
+  if (c.previousSerial && c.previousNotAfter && Date.parse(c.previousNotAfter) > t)
+    serials.push(c.previousSerial);
+  return serials;
 }
 
 function scopeOf(task: AgentTask): string[] {

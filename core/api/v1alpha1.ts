@@ -435,6 +435,16 @@ export const CertificateStatusSchema = z
       .regex(/^[0-9a-f]{64}$/)
       .describe("SHA-256 of the SubjectPublicKeyInfo, lowercase hex."),
     secretName: dnsSubdomain("Secret holding the certificate and key."),
+    previousSerial: z
+      .string()
+      .max(40)
+      .regex(/^[0-9a-f]+$/)
+      .optional()
+      .describe(
+        "Serial of the certificate this one renewed: copies of it stay valid until previousNotAfter, " +
+          "so a revocation lists it too.",
+      ),
+    previousNotAfter: timestamp("End of validity of the previous certificate.").optional(),
   })
   .describe("The current certificate.");
 

@@ -59,8 +59,12 @@ export function findAbandoned(
         if (e.type === "dev.custody.task.renewed") settle(uid, e.data?.previousSerial);
         const serial = e.data?.certificate?.serial;
         if (!serial) break;
-        let serials = open.get(uid);
-        if (!serials) open.set(uid, (serials = new Map()));
+        // One key is reconciled at a time and the seam writes the Secret
+        // before the reconcile ends: a later issuance means the earlier one
+        // was delivered, or (a failed Secret write) was recorded abandoned
+        // there and then. Only a task's last announcement can be open.
+        const serials = new Map<string, { context: Context; subject: string }>();
+        open.set(uid, serials);
         serials.set(serial, { context, subject: e.subject ?? `${context.namespace}/${context.name}` });
         break;
       }

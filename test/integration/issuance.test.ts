@@ -299,6 +299,67 @@ describe("identity fields are immutable", () => {
     expect((await getTask("frozen")).status?.phase).toBe("Issued");
   });
 
+  it("lists a revoked task's current and renewed-away certificates until they expire, also after the task is deleted", async () => {
+    await createTask(task("leaky", { ttl: "5m" }));
+    const first = (await waitPhase("leaky", "Issued")).status!.certificate!;
+    // Renew once: the first certificate stays valid (in copies) until its notAfter.
+    execFileSync(
+      join(env.binDir, "kubectl"),
+      [
+        "patch",
+        "at",
+        "leaky",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=json",
+        `-p=[{"op":"replace","path":"/status/certificate/renewalTime","value":"${new Date(Date.now() - 1000).toISOString()}"}]`,
+      ],
+      { env: { ...process.env, KUBECONFIG: env.kubeconfig }, stdio: "pipe" },
+    );
+    const second = await eventually(
+      async () => {
+        const c = (await getTask("leaky")).status?.certificate;
+        if (!c || c.serial === first.serial) throw new Error("not renewed yet");
+        return c;
+      },
+      { timeoutMs: 20_000 },
+    );
+    expect(second).toMatchObject({ previousSerial: first.serial, previousNotAfter: first.notAfter });
+    expect(kubectlPatch("leaky", '{"spec":{"revoked":true,"revocationReason":"leaked"}}')).toBe("");
+    await waitPhase("leaky", "Revoked");
+    const listed = async () =>
+      eventually(
+        async () => {
+          const text = (await core.readNamespacedConfigMap({ name: "custody-trust-bundle", namespace: ns }))
+            .data?.["revoked.txt"];
+          for (const serial of [first.serial, second.serial])
+            if (!text?.includes(`${serial} spiffe://`)) throw new Error(`${serial} not listed in ${text}`);
+          return text!;
+        },
+        { timeoutMs: 20_000 },
+      );
+    await listed();
+    // The task goes; its certificates stay listed (the published list is the durable record).
+    await custom.deleteNamespacedCustomObject({
+      group: "custody.dev",
+      version: "v1alpha1",
+      namespace: ns,
+      plural: "agenttasks",
+      name: "leaky",
+    });
+    await eventually(async () => {
+      const gone = await getTask("leaky").then(
+        () => false,
+        (e: { code?: number }) => e.code === 404,
+      );
+      if (!gone) throw new Error("not gone yet");
+    });
+    await new Promise((r) => setTimeout(r, 1000));
+    const after = await listed();
+    expect(after).toContain(first.notAfter);
+  });
+
   it("revokes on spec.revoked and refuses to undo it", async () => {
     await createTask(task("revoke-once", {}));
     await waitPhase("revoke-once", "Issued");

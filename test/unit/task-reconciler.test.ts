@@ -169,10 +169,9 @@ describe("the issuance seam", () => {
 });
 
 describe("the requester record", () => {
-  const otherKey = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
   const cases: Array<[string, (t: AgentTask) => string | undefined, string]> = [
     ["missing", () => undefined, "rule present"],
-    ["signed by another key", (t) => signedRecord(t, () => {}, createEs256Signer(otherKey)), "rule kid"],
+
     ["for another task", (t) => signedRecord(t, (r) => (r.name = "t2")), "rule subject"],
     [
       "binding another spec",
@@ -221,4 +220,17 @@ describe("the requester record", () => {
       expect(ready?.message).toContain(rule);
     });
   }
+});
+
+describe("a task signed by another installation's admission key", () => {
+  it("is left alone: no credential, no status, no event", async () => {
+    const otherKey = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+    const { calls, reconciler } = harness(
+      async () => {},
+      () => task((t) => signedRecord(t, () => {}, createEs256Signer(otherKey))),
+    );
+    const result = await reconciler.reconcile("ns/t1");
+    expect(calls).toEqual([]);
+    expect(result).toMatchObject({ requeueAfterMs: expect.any(Number) });
+  });
 });
