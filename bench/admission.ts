@@ -20,6 +20,7 @@ import type { LocalEnv } from "../test/env/local-env.ts";
 import {
   installCustody,
   OPERATOR_NODE_FLAGS,
+  removeInstallation,
   startOperator,
   waitForAdmission,
 } from "../test/support/operator-process.ts";
@@ -226,11 +227,7 @@ async function main(): Promise<void> {
       throw new Error("an opted-in pod was not injected: the measurement is not of the webhook");
   } finally {
     await operator.stop();
-    await admin
-      .delete(`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${admission.configName}`)
-      .catch(() => undefined);
-    await admin.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
-    await admin.delete(`/api/v1/namespaces/${opNs}`).catch(() => undefined);
+    await removeInstallation(admin, { configName: admission.configName, namespaces: [ns, opNs] });
     admin.close();
     alice.close();
   }

@@ -18,6 +18,7 @@ import type { LocalEnv } from "../test/env/local-env.ts";
 import {
   installCustody,
   OPERATOR_NODE_FLAGS,
+  removeInstallation,
   startOperator,
   waitForAdmission,
 } from "../test/support/operator-process.ts";
@@ -148,10 +149,7 @@ async function main() {
   );
   await b.stop();
   await informer.stop();
-  await rest
-    .delete(`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${admission.configName}`)
-    .catch(() => undefined);
-  for (const n of [ns, opNs]) await rest.delete(`/api/v1/namespaces/${n}`).catch(() => undefined);
+  await removeInstallation(rest, { configName: admission.configName, namespaces: [ns, opNs] });
   rest.close();
   process.exit(0);
 }

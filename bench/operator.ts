@@ -19,6 +19,7 @@ import type { LocalEnv } from "../test/env/local-env.ts";
 import {
   installCustody,
   OPERATOR_NODE_FLAGS,
+  removeInstallation,
   startOperator,
   waitForAdmission,
 } from "../test/support/operator-process.ts";
@@ -124,6 +125,7 @@ async function main(): Promise<void> {
     configName: `custody-${run}`,
     namespaceSelector: { matchLabels: { "custody.dev/testbed": run } },
   };
+  cleanup = () => removeInstallation(rest, { configName: admission.configName, namespaces: [ns, opNs] });
 
   // Observed through the project's own resilient informer (list + watch,
   // re-list on 410, watchdog), not a bare watch that may stop silently.
@@ -163,6 +165,7 @@ async function main(): Promise<void> {
     // The production runtime flags (docs/operations.md), unless overridden.
     nodeArgs: (process.env.CUSTODY_BENCH_NODE_ARGS ?? OPERATOR_NODE_FLAGS).split(" ").filter(Boolean),
   });
+  operatorLogs = operator.logs;
   await waitForAdmission(rest, ns);
   const pid = operator.child.pid!;
   console.log(`operator pid ${pid}, RSS at start ${rssMb(pid).toFixed(0)} MB`);
@@ -243,16 +246,23 @@ async function main(): Promise<void> {
 
   await operator.stop();
   await informer.stop();
-  await rest
-    .delete(`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${admission.configName}`)
-    .catch(() => undefined);
-  await rest.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
-  await rest.delete(`/api/v1/namespaces/${opNs}`).catch(() => undefined);
+  await cleanup();
   rest.close();
   process.exit(0);
 }
 
-main().catch((err: unknown) => {
+/** Set once the installation exists: leaves the shared environment as it was, also after a failure. */
+let cleanup: () => Promise<void> = async () => {};
+
+let operatorLogs: string[] = [];
+process.on("exit", (code) => {
+  if (code !== 0 && operatorLogs.length > 0)
+    console.error(`operator's last log lines:\n${operatorLogs.slice(-15).join("\n")}`);
+});
+main().catch(async (err: unknown) => {
   console.error(err);
+  await cleanup().catch(() => undefined);
+  if (operatorLogs.length > 0)
+    console.error(`operator's last log lines:\n${operatorLogs.slice(-15).join("\n")}`);
   process.exit(1);
 });

@@ -9,14 +9,14 @@ import { ValidationError } from "../core/errors.ts";
 import type { KeyRing, Signer } from "../core/provenance/sign.ts";
 import type { CertificateAuthority } from "../core/x509/index.ts";
 import { type AdmissionServer, startAdmissionServer } from "../shells/https/admission-server.ts";
-import { subjectAccessReview } from "../shells/kube/authorization.ts";
+import { createCachedAccessReview } from "../shells/kube/authorization.ts";
 import { isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
 import type { UserInfo } from "../webhook/admission.ts";
 import { type AgentTaskAdmissionDeps, createAgentTaskAdmission, type PodView } from "../webhook/agenttask.ts";
 import { type AssertionVerifier, createAssertionVerifier } from "../webhook/assertions.ts";
 import { JtiStore, ReplayError } from "../webhook/jti-store.ts";
-import { createAdmissionLookups } from "../webhook/lookups.ts";
+import { createAdmissionLookups, SAR_CACHE_TTL_MS } from "../webhook/lookups.ts";
 import { createPodAdmission } from "../webhook/pods.ts";
 import {
   applyRegistration,
@@ -56,6 +56,7 @@ export function createAdmissionRoutes(input: AdmissionHandlersInput) {
   const verifier: AssertionVerifier | undefined =
     input.assertionIssuers.length > 0 ? createAssertionVerifier(input.assertionIssuers) : undefined;
   const jti = new JtiStore(rest, { namespace: input.namespace });
+  const impersonationReview = createCachedAccessReview(rest, SAR_CACHE_TTL_MS);
 
   const agentTaskDeps: AgentTaskAdmissionDeps = {
     signer: input.signer,
@@ -66,14 +67,13 @@ export function createAdmissionRoutes(input: AdmissionHandlersInput) {
     canImpersonate: async (user: UserInfo, d) => {
       if (d.kind === "AgentTask" || d.kind === "Workflow") return false;
       const resource = d.kind === "User" ? "users" : d.kind === "Group" ? "groups" : "serviceaccounts";
-      const review = await subjectAccessReview(rest, user, {
+      return impersonationReview(user, {
         verb: "impersonate",
         group: "",
         resource,
         name: d.name,
         ...(d.kind === "ServiceAccount" && d.namespace ? { namespace: d.namespace } : {}),
       });
-      return review.allowed;
     },
     getPod: async (namespace, name) => {
       try {

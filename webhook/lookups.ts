@@ -9,7 +9,7 @@
  */
 import type { AgentTask } from "../core/api/v1alpha1.ts";
 import { GROUP, PLURAL, VERSION } from "../core/api/v1alpha1.ts";
-import { subjectAccessReview } from "../shells/kube/authorization.ts";
+import { createCachedAccessReview } from "../shells/kube/authorization.ts";
 import { isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 import type { UserInfo } from "./admission.ts";
 import type { IdentityAdmissionDeps } from "./task-use.ts";
@@ -36,17 +36,11 @@ export type AdmissionLookups = Pick<IdentityAdmissionDeps, "getTask" | "getObjec
  * task deleted a moment ago may still be found in the cache, which only
  * matters until its deletion (or the finalizer's revocation) arrives.
  */
-/**
- * A Deployment of 50 replicas asks the same question 50 times within a
- * second: answers are kept for a few seconds (the API server's own webhook
- * authorizer caches for minutes), so an RBAC change takes effect within
- * SAR_CACHE_TTL_MS. Keyed by everything the review sends.
- */
+/** How long a SubjectAccessReview answer is reused (an RBAC change takes effect within it). */
 export const SAR_CACHE_TTL_MS = 5_000;
-const SAR_CACHE_ENTRIES = 10_000;
 
 export function createAdmissionLookups(rest: KubeRest, cachedTask?: TaskCacheLookup): AdmissionLookups {
-  const decisions = new Map<string, { allowed: boolean; until: number }>();
+  const review = createCachedAccessReview(rest, SAR_CACHE_TTL_MS);
   return {
     async getTask(namespace, name) {
       const cached = cachedTask?.(namespace, name);
@@ -63,19 +57,7 @@ export function createAdmissionLookups(rest: KubeRest, cachedTask?: TaskCacheLoo
     },
     async canUseTask(user: UserInfo, namespace: string, name: string) {
       if (!user.username) return false;
-      const key = JSON.stringify([user.username, user.uid, user.groups, user.extra, namespace, name]);
-      const hit = decisions.get(key);
-      if (hit && hit.until > Date.now()) return hit.allowed;
-      const review = await subjectAccessReview(rest, user, {
-        verb: "use",
-        group: GROUP,
-        resource: PLURAL,
-        name,
-        namespace,
-      });
-      if (decisions.size >= SAR_CACHE_ENTRIES) decisions.delete(decisions.keys().next().value as string);
-      decisions.set(key, { allowed: review.allowed, until: Date.now() + SAR_CACHE_TTL_MS });
-      return review.allowed;
+      return review(user, { verb: "use", group: GROUP, resource: PLURAL, name, namespace });
     },
   };
 }

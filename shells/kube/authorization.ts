@@ -42,3 +42,24 @@ export async function subjectAccessReview(
   const allowed = res.status?.allowed === true && res.status?.denied !== true;
   return { allowed, ...(res.status?.reason ? { reason: res.status.reason } : {}) };
 }
+
+/**
+ * SubjectAccessReviews with a short-lived memo: a Deployment of 50 replicas,
+ * or a burst of tasks created by one user, asks the same question many times
+ * within a second. Answers are kept for `ttlMs` (the API server's own webhook
+ * authorizer caches for minutes), so an RBAC change takes effect within it.
+ * Keyed by everything the review sends.
+ */
+export function createCachedAccessReview(rest: KubeRest, ttlMs = 5_000, capacity = 10_000) {
+  const decisions = new Map<string, { allowed: boolean; until: number }>();
+  return async (user: ReviewedUser, attributes: ResourceAttributes): Promise<boolean> => {
+    const key = JSON.stringify([user.username, user.uid, user.groups, user.extra, attributes]);
+    const hit = decisions.get(key);
+    const now = Date.now();
+    if (hit && hit.until > now) return hit.allowed;
+    const { allowed } = await subjectAccessReview(rest, user, attributes);
+    if (decisions.size >= capacity) decisions.delete(decisions.keys().next().value as string);
+    decisions.set(key, { allowed, until: now + ttlMs });
+    return allowed;
+  };
+}

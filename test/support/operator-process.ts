@@ -167,3 +167,40 @@ export async function waitForAdmission(rest: KubeRest, namespace: string, timeou
     { timeoutMs, intervalMs: 200 },
   );
 }
+
+/**
+ * Removes what a bench or test installation leaves when its operator is gone:
+ * the fail-closed webhook registration first (else every later write to a
+ * task fails), then the finalizers no operator will remove, then the
+ * namespaces (which would otherwise stay Terminating with their tasks).
+ */
+export async function removeInstallation(
+  rest: KubeRest,
+  opts: { configName: string; namespaces: readonly string[] },
+): Promise<void> {
+  await rest
+    .delete(`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${opts.configName}`)
+    .catch(() => undefined);
+  for (const ns of opts.namespaces) {
+    const list = await rest
+      .get<{ items?: Array<{ metadata: { name: string; finalizers?: string[] } }> }>(
+        `/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks`,
+      )
+      .catch(() => ({ items: [] }));
+    const todo = (list.items ?? []).filter((t) => (t.metadata.finalizers ?? []).length > 0);
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 32 }, async () => {
+        while (next < todo.length) {
+          const t = todo[next++]!;
+          await rest
+            .patch(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks/${t.metadata.name}`, {
+              metadata: { finalizers: null },
+            })
+            .catch(() => undefined);
+        }
+      }),
+    );
+    await rest.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
+  }
+}

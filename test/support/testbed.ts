@@ -12,7 +12,13 @@ import { loadClusterCredentials } from "../../shells/kube/credentials.ts";
 import { KubeRest } from "../../shells/kube/rest.ts";
 import { kubeConfigFor, type LocalEnv } from "../env/local-env.ts";
 import { eventually } from "./eventually.ts";
-import { installCustody, type OperatorProcess, startOperator, waitForAdmission } from "./operator-process.ts";
+import {
+  installCustody,
+  type OperatorProcess,
+  removeInstallation,
+  startOperator,
+  waitForAdmission,
+} from "./operator-process.ts";
 import { retryWhileUnavailable } from "./unavailable.ts";
 
 export const GROUP = "custody.dev";
@@ -112,13 +118,12 @@ export async function startTestbed(
     admissionConfigName: admission.configName,
     async teardown() {
       for (const op of operators) await op.stop("SIGKILL");
-      // SIGKILL leaves the fail-closed registration behind: remove it.
-      await kc
-        .makeApiClient(AdmissionregistrationV1Api)
-        .deleteMutatingWebhookConfiguration({ name: admission.configName })
-        .catch(() => undefined);
-      await core.deleteNamespace({ name: ns }).catch(() => undefined);
-      await core.deleteNamespace({ name: opNs }).catch(() => undefined);
+      // SIGKILL leaves the fail-closed registration and the tasks' finalizers behind.
+      const cleaner = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig }), {
+        connections: 1,
+      });
+      await removeInstallation(cleaner, { configName: admission.configName, namespaces: [ns, opNs] });
+      cleaner.close();
     },
   };
 }
