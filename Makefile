@@ -65,7 +65,7 @@ demo: up ## start the environment and show how to reach it
 bench: up build ## benchmarks that print numbers (starts the local environment if needed; BENCH=name runs one)
 	$(NODE) bench/run.ts $(BENCH)
 
-generate: deps ## write crds/ from the zod schemas
+generate: deps ## write crds/ and the chart's CRD and admission-policy templates (from the zod schemas and webhook/manifests)
 	$(NODE) scripts/generate.ts
 
 check-generated: deps ## fail when generated files are stale

@@ -12,7 +12,7 @@
  *   node scripts/generate.ts --out DIR     write under DIR instead of the repository root (with or without --check)
  */
 import { readdirSync, readFileSync } from "node:fs";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { dirname, join, relative, resolve } from "node:path";
 import { load as parseYaml } from "js-yaml";
 import { customResourceDefinition } from "../core/api/openapi.ts";
@@ -60,7 +60,9 @@ export function chartCrdTemplate(crd: Record<string, unknown>): string {
   const { apiVersion, kind, metadata, ...rest } = crd;
   const meta = metadata as Record<string, unknown>;
   if (Object.keys(meta).join() !== "name")
-    throw new Error(`generate: the CRD's metadata has ${Object.keys(meta).join(", ")}; only name is templated`);
+    throw new Error(
+      `generate: the CRD's metadata has ${Object.keys(meta).join(", ")}; only name is templated`,
+    );
   const body = toYaml(rest);
   assertNoTemplateSyntax(body, "the CRD");
   return [
@@ -225,24 +227,38 @@ export interface CheckResult {
   readonly stale: string[];
 }
 
+/** Files in the chart's generated folders that nothing generates any more (e.g. a removed manifest). */
+async function leftovers(outDir: string, files: Map<string, string>): Promise<string[]> {
+  const extra: string[] = [];
+  for (const dir of [CHART_CRD_DIR, CHART_POLICY_DIR]) {
+    const names = await readdir(join(outDir, dir)).catch(() => [] as string[]);
+    for (const n of names) if (!files.has(`${dir}/${n}`)) extra.push(join(outDir, dir, n));
+  }
+  return extra;
+}
+
 export async function checkFiles(outDir: string = ROOT): Promise<CheckResult> {
   const stale: string[] = [];
-  for (const [name, content] of generatedFiles()) {
+  const files = generatedFiles();
+  for (const [name, content] of files) {
     const path = join(outDir, name);
     const current = await readFile(path, "utf8").catch(() => undefined);
     if (current !== content) stale.push(path);
   }
+  stale.push(...(await leftovers(outDir, files)));
   return { stale };
 }
 
 export async function writeFiles(outDir: string = ROOT): Promise<string[]> {
   const written: string[] = [];
-  for (const [name, content] of generatedFiles()) {
+  const files = generatedFiles();
+  for (const [name, content] of files) {
     const path = join(outDir, name);
     await mkdir(dirname(path), { recursive: true });
     await writeFile(path, content);
     written.push(path);
   }
+  for (const path of await leftovers(outDir, files)) await rm(path);
   return written;
 }
 

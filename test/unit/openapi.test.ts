@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
@@ -18,7 +18,15 @@ import {
 import { AGENT_TASK_CRD, AgentTaskSpecSchema, DNS_LABEL_PATTERN } from "../../core/api/v1alpha1.ts";
 import { TTL_PATTERN } from "../../core/duration.ts";
 import { GRANT_PATTERN } from "../../core/scope.ts";
-import { checkFiles, generatedFiles, HEADER, toYaml } from "../../scripts/generate.ts";
+import {
+  CHART_CRD_DIR,
+  CHART_POLICY_DIR,
+  chartPolicyTemplate,
+  checkFiles,
+  generatedFiles,
+  HEADER,
+  toYaml,
+} from "../../scripts/generate.ts";
 
 const run = promisify(execFile);
 const repo = resolve(import.meta.dirname, "..", "..");
@@ -377,13 +385,38 @@ describe("scripts/generate.ts", () => {
 
   it("generates the same bytes every time, with the header", () => {
     const [name, first] = [...generatedFiles()][0]!;
-    expect(name).toBe("custody.dev_agenttasks.yaml");
+    expect(name).toBe("crds/custody.dev_agenttasks.yaml");
     expect(first.startsWith(HEADER)).toBe(true);
     expect(generatedFiles().get(name)).toBe(first);
   });
 
-  it("the committed crds/ are up to date", async () => {
-    expect((await checkFiles(join(repo, "crds"))).stale).toEqual([]);
+  it("the committed crds/ and the chart's generated templates are up to date", async () => {
+    expect((await checkFiles(repo)).stale).toEqual([]);
+  });
+
+  it("also writes the CRD and every webhook/manifests file into the chart as templates", async () => {
+    const names = [...generatedFiles().keys()];
+    expect(names).toContain(`${CHART_CRD_DIR}/custody.dev_agenttasks.yaml`);
+    const manifests = (await readdir(join(repo, "webhook", "manifests"))).filter((f) => f.endsWith(".yaml"));
+    for (const f of manifests) expect(names).toContain(`${CHART_POLICY_DIR}/${f}`);
+    const crd = generatedFiles().get(`${CHART_CRD_DIR}/custody.dev_agenttasks.yaml`)!;
+    expect(crd).toContain("{{- if .Values.crds.install }}");
+    expect(crd).toContain("helm.sh/resource-policy: keep");
+  });
+
+  it("refuses a manifest it cannot template safely", () => {
+    const policy = (name: string, extra = "") =>
+      `apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata:\n  name: ${name}\n  labels:\n    app.kubernetes.io/managed-by: custody\n${extra}spec: {}\n`;
+    expect(chartPolicyTemplate("ok.yaml", policy("custody-ok"))).toContain(
+      'name: {{ include "custody.fullname" . }}-ok',
+    );
+    expect(() => chartPolicyTemplate("x.yaml", policy("other-name"))).toThrow(/custody-<name>/);
+    expect(() => chartPolicyTemplate("x.yaml", policy("custody-x", "# {{ .Values }}\n"))).toThrow(
+      /template action/,
+    );
+    expect(() =>
+      chartPolicyTemplate("x.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: custody-x\n"),
+    ).toThrow(/not an admission policy/);
   });
 
   it("--check fails on a missing file, passes after writing, fails again after an edit", async () => {
@@ -394,7 +427,7 @@ describe("scripts/generate.ts", () => {
     await node(["--out", dir]);
     await expect(node(["--check", "--out", dir])).resolves.toMatchObject({ stderr: "" });
 
-    const file = join(dir, "custody.dev_agenttasks.yaml");
+    const file = join(dir, "crds", "custody.dev_agenttasks.yaml");
     await writeFile(file, (await readFile(file, "utf8")).replace("maxItems: 64", "maxItems: 65"));
     const stale = await node(["--check", "--out", dir]).catch((e: { code: number; stderr: string }) => e);
     expect(stale).toMatchObject({ code: 1 });

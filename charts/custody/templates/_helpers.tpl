@@ -120,3 +120,24 @@ buildWebhookConfiguration in webhook/registration.ts).
 {{- end -}}
 {{- toJson $out -}}
 {{- end -}}
+
+{{/*
+Checks the schema cannot express; included by the Deployment.
+defaultTtl: 5m..24h (the operator's parseTtl refuses anything else at start).
+*/}}
+{{- define "custody.validate" -}}
+{{- $seconds := 0 -}}
+{{- range regexFindAll "[0-9]+[hms]" .Values.defaultTtl -1 -}}
+{{- $n := regexFind "[0-9]+" . | atoi -}}
+{{- if hasSuffix "h" . }}{{ $seconds = add $seconds (mul $n 3600) }}{{ else if hasSuffix "m" . }}{{ $seconds = add $seconds (mul $n 60) }}{{ else }}{{ $seconds = add $seconds $n }}{{ end -}}
+{{- end -}}
+{{- if or (lt $seconds 300) (gt $seconds 86400) -}}
+{{- fail (printf "defaultTtl: %q must be between 5m and 24h" .Values.defaultTtl) -}}
+{{- end -}}
+{{- if and .Values.leaderElection.enabled (ge (int .Values.leaderElection.renewDeadlineSeconds) (int .Values.leaderElection.leaseDurationSeconds)) -}}
+{{- fail (printf "leaderElection.renewDeadlineSeconds (%v) must be less than leaderElection.leaseDurationSeconds (%v)" .Values.leaderElection.renewDeadlineSeconds .Values.leaderElection.leaseDurationSeconds) -}}
+{{- end -}}
+{{- if and .Values.leaderElection.enabled (le (int .Values.leaderElection.renewDeadlineSeconds) (int .Values.leaderElection.retryPeriodSeconds)) -}}
+{{- fail (printf "leaderElection.renewDeadlineSeconds (%v) must be greater than leaderElection.retryPeriodSeconds (%v)" .Values.leaderElection.renewDeadlineSeconds .Values.leaderElection.retryPeriodSeconds) -}}
+{{- end -}}
+{{- end -}}
