@@ -154,7 +154,11 @@ async function main() {
   process.exit(0);
 }
 
-main().catch((err: unknown) => {
+main().catch(async (err: unknown) => {
   console.error(err);
+  // Leave the shared environment as it was: registration, finalizers, namespaces.
+  await removeInstallation(rest, { configName: `custody-${run}`, namespaces: [ns, opNs] }).catch(
+    () => undefined,
+  );
   process.exit(1);
 });

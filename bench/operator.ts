@@ -191,16 +191,23 @@ async function main(): Promise<void> {
   const steady: string[] = [];
   const start = performance.now();
   const total = RATE * SECONDS;
-  const inflight: Promise<void>[] = [];
+  const inflight: Promise<unknown>[] = [];
   for (let i = 0; i < total; i++) {
     const due = start + (i * 1000) / RATE;
     const wait = due - performance.now();
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     const name = `steady-${i}`;
     steady.push(name);
-    inflight.push(create(name));
+    // Settled at once, so a failure mid-loop is reported below, not as an unhandled rejection.
+    inflight.push(
+      create(name).then(
+        () => undefined,
+        (err: unknown) => err,
+      ),
+    );
   }
-  await Promise.all(inflight);
+  const failed = (await Promise.all(inflight)).find((e) => e !== undefined);
+  if (failed) throw failed;
   await waitIssued(steady, 60_000);
   const ls = latencies(steady);
   const steadyResult = {
