@@ -13,6 +13,7 @@ const benches: Array<[string, string[]]> = [
   ["operator", [join(here, "operator.ts")]],
   ["cascade", [join(here, "cascade.ts")]],
   ["admission", [join(here, "admission.ts")]],
+  ["audit", [join(here, "audit.ts")]],
 ];
 let failed = 0;
 for (const [name, argv] of benches) {

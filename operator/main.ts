@@ -300,6 +300,19 @@ async function main(): Promise<void> {
     bundles.setRevoked(ns, [...entries.values()]);
     if (leading) void ensureBundle(ns);
   };
+  // A cascade revokes a thousand tasks in a second: one list rebuild per
+  // namespace per burst, not one per task (which was quadratic).
+  const pendingRevoked = new Map<string, NodeJS.Timeout>();
+  const schedulePublishRevoked = (ns: string) => {
+    if (pendingRevoked.has(ns)) return;
+    pendingRevoked.set(
+      ns,
+      setTimeout(() => {
+        pendingRevoked.delete(ns);
+        publishRevoked(ns);
+      }, 100),
+    );
+  };
   const revokedSweep = setInterval(() => {
     if (!leading) return;
     admission
@@ -442,7 +455,7 @@ async function main(): Promise<void> {
       enqueueDescendants(key);
       if (t.state.startsWith("Issued|")) recordPendingInjections(t.metadata.namespace, t.metadata.name);
       if (t.state.startsWith("Revoked|") && !old.state.startsWith("Revoked|"))
-        publishRevoked(t.metadata.namespace);
+        schedulePublishRevoked(t.metadata.namespace);
     }
   });
   tasks.onDelete((t) => {
@@ -459,7 +472,7 @@ async function main(): Promise<void> {
         const m = goneRevoked.get(ns) ?? new Map<string, string>();
         for (const [serial, line] of lines) m.set(serial, line);
         goneRevoked.set(ns, m);
-        publishRevoked(ns);
+        schedulePublishRevoked(ns);
       }
     }
   });

@@ -2,12 +2,7 @@
 // policies installed, and operator processes running: what each integration
 // test file needs before its first test, and removes after its last.
 import { randomUUID } from "node:crypto";
-import {
-  AdmissionregistrationV1Api,
-  CoreV1Api,
-  CustomObjectsApi,
-  type KubeConfig,
-} from "@kubernetes/client-node";
+import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
 import { loadClusterCredentials } from "../../shells/kube/credentials.ts";
 import { KubeRest } from "../../shells/kube/rest.ts";
 import { kubeConfigFor, type LocalEnv } from "../env/local-env.ts";

@@ -33,6 +33,8 @@ function transient(err: unknown): boolean {
   return (
     e.code === 500 &&
     /failed calling webhook "agenttasks\.custody\.dev"/.test(text) &&
-    /connect: connection refused|force closed|connection reset|EOF|context deadline exceeded|Client\.Timeout/.test(text)
+    /connect: connection refused|force closed|connection reset|EOF|context deadline exceeded|Client\.Timeout/.test(
+      text,
+    )
   );
 }
