@@ -3,10 +3,11 @@
 // appended meanwhile are left for the next run).
 //
 // kafkajs cannot assign partitions directly: every consumer joins a group.
-// Each read therefore uses a group of its own (unique id), seeds its start
-// offsets with admin.setOffsets before joining (so no record before the
-// requested offset is fetched, and no seek races the first fetch), never
-// commits, and deletes the group afterwards, so runs leave nothing behind.
+// Each read therefore uses a group of its own (unique id), seeks to its start
+// offsets, never commits, and deletes the group afterwards, so runs leave
+// nothing behind. (admin.setOffsets would seed the offsets before joining, but
+// kafkajs implements it by running a consumer of its own that waits a full
+// fetch: five seconds per run.)
 import { randomUUID } from "node:crypto";
 import { type Admin, Kafka, type KafkaMessage, logLevel } from "kafkajs";
 
@@ -57,17 +58,21 @@ export interface KafkaSourceOptions {
   readonly retries?: number;
   /** Problems that do not fail the read (a consumer group left behind). */
   readonly onWarning?: (message: string) => void;
+  /** A read with no progress for this long fails (default 60 s). */
+  readonly stallTimeoutMs?: number;
 }
 
 export class KafkaTopicSource implements RecordSource {
   readonly topic: string;
   readonly #kafka: Kafka;
   readonly #warn: (message: string) => void;
+  readonly #stallMs: number;
   #admin: Admin | undefined;
 
   constructor(opts: KafkaSourceOptions) {
     this.topic = opts.topic;
     this.#warn = opts.onWarning ?? (() => undefined);
+    this.#stallMs = opts.stallTimeoutMs ?? 60_000;
     this.#kafka = new Kafka({
       clientId: "custody-cli",
       brokers: [...opts.brokers],
@@ -107,16 +112,6 @@ export class KafkaTopicSource implements RecordSource {
     if (wanted.length === 0) return;
     const admin = await this.#adminClient();
     const groupId = `custody-cli-${randomUUID()}`;
-    // Every partition gets a start offset: the ones not wanted start at their
-    // high-water mark, so the group fetches nothing from them.
-    const all = await this.offsets();
-    const start = new Map(all.map((p) => [p.partition, p.high]));
-    for (const r of wanted) start.set(r.partition, r.from);
-    await admin.setOffsets({
-      groupId,
-      topic: this.topic,
-      partitions: [...start].map(([partition, offset]) => ({ partition, offset: offset.toString() })),
-    });
     const consumer = this.#kafka.consumer({
       groupId,
       // Nothing to wait for: the read ends at the high-water marks seen at start.
@@ -128,11 +123,32 @@ export class KafkaTopicSource implements RecordSource {
     });
     const ends = new Map(wanted.map((r) => [r.partition, r]));
     const pending = new Set(wanted.map((r) => r.partition));
+    // Each offset is delivered once, in order, whatever kafkajs fetches.
+    const next = new Map(wanted.map((r) => [r.partition, r.from]));
     let finish!: (err?: unknown) => void;
+    let over = false;
     const finished = new Promise<void>((resolve, reject) => {
-      finish = (err) => (err === undefined ? resolve() : reject(err));
+      finish = (err) => {
+        over = true;
+        if (err === undefined) resolve();
+        else reject(err);
+      };
     });
+    // It may fail before it is awaited (a crash while joining): not an unhandled rejection.
+    finished.catch(() => undefined);
+    // A read that stops moving (a partition that never reaches its end,
+    // a consumer that keeps rebalancing) fails instead of hanging the CLI.
+    let progressed = Date.now();
+    const stallMs = this.#stallMs;
+    const watchdog = setInterval(() => {
+      if (Date.now() - progressed < stallMs) return;
+      const where = [...pending].map((p) => `partition ${p} at offset ${next.get(p)} of ${ends.get(p)!.to}`);
+      finish(
+        new Error(`reading ${this.topic} made no progress for ${stallMs / 1000} s: ${where.join(", ")}`),
+      );
+    }, 1000);
     const reached = (partition: number, lastOffset: bigint) => {
+      progressed = Date.now();
       const range = ends.get(partition);
       if (range === undefined || !pending.has(partition) || lastOffset < range.to - 1n) return;
       pending.delete(partition);
@@ -148,16 +164,19 @@ export class KafkaTopicSource implements RecordSource {
       );
       consumer.on(consumer.events.CRASH, (e) => finish(e.payload.error));
       await consumer.subscribe({ topic: this.topic, fromBeginning: true });
-      await consumer.run({
+      const run = consumer.run({
         autoCommit: false,
         eachBatch: async ({ batch }) => {
           const range = ends.get(batch.partition);
-          if (range === undefined || !pending.has(batch.partition)) return;
+          // After a failure nothing more is handed over: the caller stopped.
+          if (over || range === undefined || !pending.has(batch.partition)) return;
           const records: SourceRecord[] = [];
           for (const m of batch.messages) {
             const offset = BigInt(m.offset);
-            // Outside the range: an earlier fetch, or records appended after the start.
-            if (offset < range.from || offset >= range.to) continue;
+            // Before the next expected offset: a fetch from before the seek, or
+            // one the seek repeats. At or past the end: appended after the start.
+            if (offset < next.get(batch.partition)! || offset >= range.to) continue;
+            next.set(batch.partition, offset + 1n);
             records.push(toRecord(batch.partition, offset, m));
           }
           if (records.length === 0) return;
@@ -168,8 +187,16 @@ export class KafkaTopicSource implements RecordSource {
           }
         },
       });
+      // Seeks apply from the next fetch (records an earlier fetch brings are
+      // filtered out above); partitions with nothing to read are never fetched.
+      await run;
+      const idle = (await this.offsets()).map((p) => p.partition).filter((p) => !ends.has(p));
+      if (idle.length > 0) consumer.pause([{ topic: this.topic, partitions: idle }]);
+      for (const r of wanted)
+        consumer.seek({ topic: this.topic, partition: r.partition, offset: r.from.toString() });
       await finished;
     } finally {
+      clearInterval(watchdog);
       await consumer.disconnect().catch(() => undefined);
       await deleteGroup(admin, groupId, this.#warn);
     }
