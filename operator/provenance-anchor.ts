@@ -88,11 +88,18 @@ export class ProvenanceAnchor {
     return out;
   }
 
+  /**
+   * A successor settled these streams: their offsets entries go (a merge
+   * patch with null removes a key), so the ConfigMap grows by one checkpoint
+   * per writer, not by bookkeeping; the settled mark records who and when.
+   */
   async markSettled(streams: readonly string[], by: string, now = new Date()): Promise<void> {
     if (streams.length === 0) return;
-    const data: Record<string, string> = {};
-    for (const s of streams)
+    const data: Record<string, string | null> = {};
+    for (const s of streams) {
       data[`${SETTLED_PREFIX}${safe(s)}`] = JSON.stringify({ by, time: now.toISOString() });
+      data[`${OFFSETS_PREFIX}${safe(s)}`] = null;
+    }
     await this.#write(data, await this.#get());
   }
 
@@ -139,7 +146,7 @@ export class ProvenanceAnchor {
     }
   }
 
-  async #write(data: Record<string, string>, current: ConfigMap | undefined): Promise<void> {
+  async #write(data: Record<string, string | null>, current: ConfigMap | undefined): Promise<void> {
     if (!current) {
       const created = await this.#rest
         .post(configMapPath(this.#namespace), {
