@@ -14,7 +14,6 @@ import { type ClusterCredentials, loadClusterCredentials } from "../../shells/ku
 import { KubeRest } from "../../shells/kube/rest.ts";
 import { eventually } from "../support/eventually.ts";
 import { readTopic } from "../support/kafka.ts";
-import { startOperator, waitForAdmission } from "../support/operator-process.ts";
 import { startTestbed, TESTBED_LABEL, type Testbed } from "../support/testbed.ts";
 
 const env = inject("localEnv");
@@ -299,27 +298,14 @@ describe("signed delegation assertions", () => {
     );
 
     // After a restart of the operator (a new process, nothing in memory).
-    const [old] = bed.operators;
-    await old!.stop("SIGTERM");
-    bed.operators[0] = await startOperator(env, {
-      namespace: bed.opNs,
-      topic: bed.topic,
-      admission: {
-        configName: bed.admissionConfigName,
-        namespaceSelector: {
-          matchLabels: { [TESTBED_LABEL]: bed.admissionConfigName.replace(/^custody-/, "") },
+    await bed.restartOperator(0, {
+      CUSTODY_ASSERTION_ISSUERS: JSON.stringify([
+        {
+          issuer: ISSUER,
+          jwks: { keys: [{ ...(await exportJWK(idpKey.publicKey)), kid: "idp-1", alg: "ES256" }] },
         },
-      },
-      extraEnv: {
-        CUSTODY_ASSERTION_ISSUERS: JSON.stringify([
-          {
-            issuer: ISSUER,
-            jwks: { keys: [{ ...(await exportJWK(idpKey.publicKey)), kid: "idp-1", alg: "ES256" }] },
-          },
-        ]),
-      },
+      ]),
     });
-    await waitForAdmission(admin, ns);
     expect(await refusal(users.alice.post(tasksPath(), taskBody("wf-1", wf, annotations)))).toContain(
       "rule replay",
     );

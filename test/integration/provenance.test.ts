@@ -8,8 +8,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { verifyStreams } from "../../core/provenance/verify.ts";
 import { eventually } from "../support/eventually.ts";
 import { readTopic } from "../support/kafka.ts";
-import { startOperator } from "../support/operator-process.ts";
-import { startTestbed, TESTBED_LABEL, type Testbed } from "../support/testbed.ts";
+import { startTestbed, type Testbed } from "../support/testbed.ts";
 
 const env = inject("localEnv");
 let bed: Testbed;
@@ -53,16 +52,8 @@ describe("a crash between the acknowledged `issued` and the Secret", () => {
     });
     expect(secrets.items).toEqual([]); // nothing delivered
 
-    bed.operators[0] = await startOperator(env, {
-      namespace: bed.opNs,
-      topic: bed.topic,
-      admission: {
-        configName: bed.admissionConfigName,
-        namespaceSelector: {
-          matchLabels: { [TESTBED_LABEL]: bed.admissionConfigName.replace(/^custody-/, "") },
-        },
-      },
-    });
+    // The crashed process has exited; its successor starts without the failpoint.
+    await bed.restartOperator(0);
     const task = await bed.waitPhase<{
       metadata: { uid: string };
       status: { phase?: string; certificate: { serial: string } };

@@ -34,6 +34,17 @@ export interface Testbed {
   operators: OperatorProcess[];
   /** The MutatingWebhookConfiguration of this installation. */
   admissionConfigName: string;
+  /**
+   * Replaces operator `index` with a fresh process of the same installation
+   * (same namespace, topic and webhook registration): stops the old one with
+   * `signal` unless it has exited, starts the new one with `extraEnv`, and
+   * waits until the webhook admits again.
+   */
+  restartOperator(
+    index: number,
+    extraEnv?: Record<string, string>,
+    signal?: NodeJS.Signals,
+  ): Promise<OperatorProcess>;
   /** Creates an AgentTask; a CRD installed moments ago can answer 503 for a short while. */
   createTask(body: unknown): Promise<void>;
   getTask<T>(name: string): Promise<T>;
@@ -111,6 +122,13 @@ export async function startTestbed(
         { timeoutMs },
       ),
     admissionConfigName: admission.configName,
+    async restartOperator(index, extraEnv = {}, signal = "SIGTERM") {
+      await operators[index]?.stop(signal);
+      operators[index] = await startOperator(env, { namespace: opNs, topic, extraEnv, admission });
+      const rest = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig }), { connections: 1 });
+      await waitForAdmission(rest, ns).finally(() => rest.close());
+      return operators[index]!;
+    },
     async teardown() {
       for (const op of operators) await op.stop("SIGKILL");
       // SIGKILL leaves the fail-closed registration and the tasks' finalizers behind.
