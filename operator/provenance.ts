@@ -151,8 +151,17 @@ async function ensureTopic(kafka: Kafka, opts: KafkaRecorderOptions): Promise<Ma
       });
       opts.log.info("provenance topic created", { topic: opts.topic, partitions: opts.partitions });
     }
-    const offsets = await admin.fetchTopicOffsets(opts.topic);
-    return new Map(offsets.map((p) => [p.partition, p.high]));
+    // Right after creation the partitions' leaders may not be known to every
+    // broker yet ("not the leader for that topic-partition"): ask again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const offsets = await admin.fetchTopicOffsets(opts.topic);
+        return new Map(offsets.map((p) => [p.partition, p.high]));
+      } catch (err) {
+        if (attempt >= 20) throw err;
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
+      }
+    }
   } finally {
     await admin.disconnect();
   }

@@ -38,6 +38,11 @@ export async function readTail(
       const done = new Promise<void>((r) => {
         finish = r;
       });
+      // Seek once the group is joined (seeking earlier throws on a fresh
+      // broker, where the first join takes a while): start where the tail starts.
+      consumer.on(consumer.events.GROUP_JOIN, () => {
+        for (const [partition] of ends) consumer.seek({ topic, partition, offset: from.get(partition)! });
+      });
       await consumer.run({
         eachMessage: async ({ partition, message }) => {
           const end = ends.get(partition);
@@ -52,7 +57,7 @@ export async function readTail(
           }
         },
       });
-      for (const [partition] of ends) consumer.seek({ topic, partition, offset: from.get(partition)! });
+
       const timer = setTimeout(finish, timeoutMs);
       await done;
       clearTimeout(timer);

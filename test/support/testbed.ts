@@ -80,7 +80,15 @@ export async function startTestbed(
   for (const extraEnv of replicas)
     operators.push(await startOperator(env, { namespace: opNs, topic, extraEnv, admission }));
   const rest = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig }));
-  await waitForAdmission(rest, ns).finally(() => rest.close());
+  try {
+    await waitForAdmission(rest, ns, 60_000);
+  } catch (err) {
+    // Say why: the operators' own last words.
+    const logs = operators.flatMap((op, i) => op.logs.slice(-20).map((l) => `[operator ${i}] ${l}`));
+    throw new Error(`${(err as Error).message}\n${logs.join("\n")}`);
+  } finally {
+    rest.close();
+  }
   const getTask = async <T>(name: string) =>
     (await custom.getNamespacedCustomObject({
       group: GROUP,
@@ -120,7 +128,16 @@ export async function startTestbed(
           return t;
         },
         { timeoutMs },
-      ),
+      ).catch((err: Error) => {
+        // A task that never settles: what the operators said last is the first clue.
+        const logs = operators.flatMap((op, i) =>
+          op.logs
+            .filter((l) => !l.includes('"level":"debug"'))
+            .slice(-8)
+            .map((l) => `[operator ${i}] ${l.slice(0, 400)}`),
+        );
+        throw new Error(`${err.message}\n${logs.join("\n")}`);
+      }),
     admissionConfigName: admission.configName,
     async restartOperator(index, extraEnv = {}, signal = "SIGTERM") {
       await operators[index]?.stop(signal);
