@@ -35,7 +35,8 @@ up: deps env-build ## start etcd, kube-apiserver, kube-controller-manager and Ka
 	@echo "  Users in the kubeconfig: admin (current), alice, bob, mallory (kubectl --context alice ...)."
 	@echo "  Stop everything with: make down"
 
-down: ## stop the local environment (no process left behind)
+down: ## stop the local environment and the demo's operator (no process left behind)
+	@scripts/demo.sh stop
 	@test/env/down.sh $(ENV_DIR)
 
 status: ## show which local processes run
@@ -58,9 +59,8 @@ test-unit: deps ## unit tests only (no environment)
 test-integration: deps env-build ## integration tests only
 	vitest run --project integration
 
-demo: up ## start the environment and show how to reach it
-	@source $(ENV_SH) && echo && echo "kubectl get --raw /readyz: $$(kubectl get --raw /readyz)" && \
-	  kubectl version 2>/dev/null | sed 's/^/  /' && echo "  Kafka: $$CUSTODY_KAFKA_BROKERS"
+demo: up build ## from a fresh clone: environment, chart, operator, examples/; prints the tasks, the tree and an audit answer (stays up; make down stops it)
+	@scripts/demo.sh
 
 bench: up build ## benchmarks that print numbers (starts the local environment if needed; BENCH=name runs one)
 	$(NODE) bench/run.ts $(BENCH)

@@ -12,6 +12,8 @@ const USAGE = `custody — workload identity and provenance for AI agents
 
 usage:
   custody status [NAME] [-n NAMESPACE | -A] [-o table|json]   tasks, their phase, identity and certificate
+  custody tree [TASK] [-n NAMESPACE | -A] [-o text|json]     the delegation tree of a namespace, or of one task
+                                                             (its ancestors up to the principal, its sub-agents)
   custody audit (TASK | --pod NAME | --serial HEX | --spiffe-id ID) [-n NAMESPACE] [-o text|json]
                                                              what a task was allowed to do, what it did,
                                                              under whose authority (from the provenance stream)
@@ -174,6 +176,15 @@ async function main(argv: string[]): Promise<number> {
         throw new UsageError(`verify takes no arguments, got ${JSON.stringify(args.positional[0])}`);
       return verifyCommand(args);
     }
+    case "tree": {
+      const { TREE_FLAGS, TREE_USAGE, treeCommand } = await import("./tree.ts");
+      const args = parseArgs(rest, TREE_FLAGS);
+      if (args.help) {
+        process.stdout.write(TREE_USAGE);
+        return 0;
+      }
+      return treeCommand(args);
+    }
     case "audit": {
       const { AUDIT_FLAGS, AUDIT_USAGE, auditCommand } = await import("./audit.ts");
       const args = parseArgs(rest, AUDIT_FLAGS);
@@ -192,6 +203,7 @@ async function main(argv: string[]): Promise<number> {
 async function usageOf(command: string): Promise<string> {
   if (command === "verify") return (await import("./verify.ts")).VERIFY_USAGE;
   if (command === "audit") return (await import("./audit.ts")).AUDIT_USAGE;
+  if (command === "tree") return (await import("./tree.ts")).TREE_USAGE;
   if (command === "status") return STATUS_USAGE;
   throw new UsageError(`help: unknown command ${JSON.stringify(command)}`);
 }
@@ -206,7 +218,7 @@ main(process.argv.slice(2)).then(
     process.stderr.write(`custody: ${message}\n`);
     if (err instanceof UsageError) {
       const command = process.argv[2];
-      if (command === "status" || command === "verify" || command === "audit")
+      if (command === "status" || command === "verify" || command === "audit" || command === "tree")
         process.stderr.write(`(see custody ${command} --help)\n`);
     }
     process.exit(err instanceof UsageError ? 2 : 1);

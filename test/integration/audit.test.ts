@@ -418,6 +418,40 @@ describe("custody verify", () => {
   });
 });
 
+describe("custody tree", () => {
+  it("shows alice's root with its sub-agent nested, both Revoked with their reason, and one task's path up to alice", () => {
+    const json = custody(["tree", "-n", ns, "-o", "json"]);
+    expect(json.code, json.stderr).toBe(0);
+    const tree = JSON.parse(json.stdout) as {
+      namespace: string;
+      roots: Array<{
+        name: string;
+        phase: string;
+        delegator?: { kind: string; name: string };
+        reason?: string;
+        children: Array<{ name: string; phase: string; reason?: string; children: unknown[] }>;
+      }>;
+    };
+    expect(tree.namespace).toBe(ns);
+    expect(tree.roots).toHaveLength(1);
+    const [r] = tree.roots;
+    expect(r).toMatchObject({ name: "root", phase: "Revoked", delegator: { kind: "User", name: "alice" } });
+    expect(r!.reason).toBeTruthy();
+    expect(r!.children).toMatchObject([{ name: "child", phase: "Revoked", children: [] }]);
+    expect(r!.children[0]!.reason).toBeTruthy();
+    const text = custody(["tree", "-n", ns]);
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(
+      /^root {2}Revoked {2}delegated by User\/alice {2}scope: read:repos\/acme\/\*, comment:repos\/acme\/\* {2}reason: \S+\n└── child {2}Revoked {2}scope: read:repos\/acme\/api {2}reason: \S+\n$/,
+    );
+    const one = custody(["tree", "child", "-n", ns]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout.split("\n")[0]).toBe("User/alice");
+    expect(one.stdout).toContain("child  Revoked");
+    expect(custody(["tree", "-n", ns, "-o", "yaml"]).code).toBe(2);
+  });
+});
+
 describe("custody audit", () => {
   interface Audit {
     index: { read: number | null; events: number };
