@@ -10,6 +10,7 @@
 // fetch: five seconds per run.)
 import { randomUUID } from "node:crypto";
 import { type Admin, Kafka, type KafkaMessage, logLevel } from "kafkajs";
+import { kafkaConnectionFromEnv } from "../shells/kafka/connection.ts";
 
 export interface PartitionOffsets {
   readonly partition: number;
@@ -76,6 +77,8 @@ export class KafkaTopicSource implements RecordSource {
     this.#kafka = new Kafka({
       clientId: "custody-cli",
       brokers: [...opts.brokers],
+      // The same TLS/SASL settings as the operator's (CUSTODY_KAFKA_TLS, ...).
+      ...kafkaConnectionFromEnv(),
       logLevel: logLevel.NOTHING,
       connectionTimeout: opts.connectionTimeoutMs ?? 3000,
       retry: { retries: opts.retries ?? 2, initialRetryTime: 200, maxRetryTime: 2000 },

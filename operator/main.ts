@@ -8,6 +8,7 @@ import { type AgentTask, API_VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
 import { findAbandoned } from "../core/provenance/abandoned.ts";
 import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
+import { kafkaConnectionFromEnv } from "../shells/kafka/connection.ts";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
 import { LeaderElector } from "../shells/kube/leader-election.ts";
@@ -51,6 +52,8 @@ interface SecretMeta {
 
 async function main(): Promise<void> {
   const config = loadOperatorConfig();
+  // TLS and SASL to Kafka; checked now so a bad value stops the start, naming the variable.
+  const kafkaConnection = kafkaConnectionFromEnv();
   // Unique per process: a restarted pod must not continue a stream (or a
   // lease term) as if it were its predecessor.
   const identity = config.identity ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
@@ -101,6 +104,7 @@ async function main(): Promise<void> {
       return leaderRecorder?.ackedHead;
     },
     resumeOffsets: () => leaderRecorder?.resumeOffsets?.() ?? {},
+    pin: () => leaderRecorder?.pin?.() ?? (() => undefined),
     close: async () => {
       await leaderRecorder?.close();
       leaderRecorder = undefined;
@@ -213,7 +217,8 @@ async function main(): Promise<void> {
     recordMaxSkewMs: config.recordMaxSkewMs,
     excludedNamespaces: config.webhook.excludedNamespaces,
     ca: () => ca,
-    caBundlePem: ca.bundlePem,
+    // Roots plus bundle.crt: during a CA rotation both the old and the new CA are trusted.
+    caBundlePem: trustAnchorsPem,
     webhook: config.webhook,
     log: log.child("admission"),
     metrics,
@@ -527,6 +532,7 @@ async function main(): Promise<void> {
       writer: identity,
       epoch,
       signingKey,
+      connection: kafkaConnection,
       log: log.child("provenance"),
     });
     if (stopping) {

@@ -8,6 +8,7 @@ import { createStreamWriter, type StreamWriter } from "../core/provenance/chain.
 import type { EventData, EventType } from "../core/provenance/events.ts";
 import { createEs256Signer } from "../core/provenance/sign.ts";
 import { BatchingProducer } from "../shells/kafka/batching-producer.ts";
+import type { KafkaConnection } from "../shells/kafka/connection.ts";
 import { readTail, type TailRecord } from "../shells/kafka/read-tail.ts";
 import type { Logger } from "../shells/log.ts";
 
@@ -28,6 +29,11 @@ export interface ProvenanceRecorder {
   readonly ackedHead?: AckedHead | undefined;
   /** Per partition, an offset at or before every record of this writer not yet covered by ackedHead. */
   resumeOffsets?(): Record<string, string>;
+  /**
+   * Holds resumeOffsets at or below where the next record will land until
+   * the returned release is called (an issuance whose Secret is not written yet).
+   */
+  pin?(): () => void;
   /** Reads the topic from these offsets to its current end (a predecessor's tail). */
   readTail?(from: ReadonlyMap<number, string>): Promise<TailRecord[]>;
   close(): Promise<void>;
@@ -56,12 +62,15 @@ export interface KafkaRecorderOptions {
   epoch: number;
   signingKey: KeyObject;
   log: Logger;
+  /** TLS and SASL (shells/kafka/connection.ts). */
+  connection?: KafkaConnection;
 }
 
 export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<ProvenanceRecorder> {
   const kafka = new Kafka({
     clientId: `custody-operator-${opts.writer}`,
     brokers: opts.brokers,
+    ...(opts.connection ?? {}),
     logLevel: logLevel.NOTHING,
     retry: { retries: 5, initialRetryTime: 100, maxRetryTime: 2000 },
   });
@@ -81,6 +90,12 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
     },
   });
   let acked: AckedHead | undefined;
+  const current = (): Record<string, string> => {
+    const out: Record<string, string> = {};
+    for (const [p, start] of startOffsets) out[String(p)] = producer.lastBatchOffsets.get(p) ?? start;
+    return out;
+  };
+  const pins = new Set<Record<string, string>>();
   return {
     record(type, subject, data, rootUid, id) {
       // Appending is synchronous, so events enter the stream (and the
@@ -109,10 +124,19 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
       return acked;
     },
     resumeOffsets() {
-      // Every record this writer sends after now lies at or beyond these.
-      const out: Record<string, string> = {};
-      for (const [p, start] of startOffsets) out[String(p)] = producer.lastBatchOffsets.get(p) ?? start;
+      // Every record this writer sends after now lies at or beyond these;
+      // pinned snapshots hold them back while an issuance is undelivered.
+      const out = current();
+      for (const snapshot of pins)
+        for (const [p, o] of Object.entries(snapshot)) if (BigInt(o) < BigInt(out[p] ?? o)) out[p] = o;
       return out;
+    },
+    pin() {
+      const snapshot = current();
+      pins.add(snapshot);
+      return () => {
+        pins.delete(snapshot);
+      };
     },
     readTail: (from) => readTail(kafka, opts.topic, from),
     get healthy() {

@@ -41,7 +41,7 @@ import {
   serialFromRandom,
   X509Error,
 } from "../core/x509/index.ts";
-import { isAlreadyExists, isConflict, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
+import { isAlreadyExists, isConflict, isNotFound, KubeApiError, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
 import type { HandlerResult } from "../shells/workqueue.ts";
 import type { TaskEventRecorder } from "./kube-events.ts";
@@ -247,7 +247,8 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         // not fight over each other's tasks (the other one writes them).
         // (Were it our own key, lost: tasks keep their certificates until
         // notAfter and are not renewed, rather than being revoked en masse.)
-        if (proven.foreign) {
+        const touched = task.status?.certificate !== undefined || deps.credentials.get(key) !== undefined;
+        if (proven.foreign && !touched) {
           log.debug("task signed by another installation's admission key: left alone", { object: key });
           return { requeueAfterMs: 10 * 60_000 };
         }
@@ -404,32 +405,40 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     };
     const renewing =
       decision.why === "RenewalDue" && previousSerial !== undefined && task.status?.phase === "Issued";
-    if (renewing) {
-      await record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain);
-    } else {
-      await record("dev.custody.task.issued", task, { certificate }, chain);
-    }
-    deps.failpoint?.("after-issued-ack");
-
+    // Until the Secret is written, the resume offsets a checkpoint anchors
+    // must not move past this record: a crash in between is settled by the
+    // next leader from there (core/provenance/abandoned.ts).
+    const release = deps.recorder.pin?.() ?? (() => undefined);
     try {
-      await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId);
-    } catch (err) {
-      // Announced but not delivered: say so now (the retry mints anew). A
-      // crash here instead is settled by the next leader (core/provenance/abandoned.ts).
-      await record(
-        "dev.custody.task.issuance.abandoned",
-        task,
-        {
-          serial: svid.serialHex,
-          reason:
-            `the credential Secret could not be written: ${err instanceof Error ? err.message : String(err)}`.slice(
-              0,
-              1024,
-            ),
-        },
-        chain,
-      ).catch(() => undefined);
-      throw err;
+      await issueAndDeliver();
+    } finally {
+      release();
+    }
+    async function issueAndDeliver() {
+      if (renewing) {
+        await record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain);
+      } else {
+        await record("dev.custody.task.issued", task, { certificate }, chain);
+      }
+      deps.failpoint?.("after-issued-ack");
+
+      try {
+        await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId);
+      } catch (err) {
+        // Announced but not delivered: say so now (the retry mints anew). A
+        // crash here instead is settled by the next leader (core/provenance/abandoned.ts).
+        await record(
+          "dev.custody.task.issuance.abandoned",
+          task,
+          {
+            serial: svid.serialHex,
+            // Only the status code and reason: an API error's message may echo object fields.
+            reason: `the credential Secret could not be written (${err instanceof KubeApiError ? `${err.code} ${err.reason}` : "connection error"})`,
+          },
+          chain,
+        ).catch(() => undefined);
+        throw err;
+      }
     }
 
     const nowIso = new Date(t).toISOString();
@@ -470,7 +479,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         secretName: credentialSecretName(name),
         // The certificate this one replaces stays valid (in copies) until its
         // notAfter: a revocation must list it too.
-        ...(renewing && task.status?.certificate && Date.parse(task.status.certificate.notAfter) > t
+        ...(task.status?.certificate && Date.parse(task.status.certificate.notAfter) > t
           ? {
               previousSerial: task.status.certificate.serial,
               previousNotAfter: task.status.certificate.notAfter,

@@ -233,4 +233,27 @@ describe("a task signed by another installation's admission key", () => {
     expect(calls).toEqual([]);
     expect(result).toMatchObject({ requeueAfterMs: expect.any(Number) });
   });
+
+  it("is revoked when this installation issued it (a lost key must not park a credential)", async () => {
+    const otherKey = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+    const issued = () => {
+      const t = task((x) => signedRecord(x, () => {}, createEs256Signer(otherKey)));
+      t.status = {
+        phase: "Issued",
+        certificate: {
+          serial: "0a",
+          notBefore: new Date(Date.now() - 60_000).toISOString(),
+          notAfter: new Date(Date.now() + 3_600_000).toISOString(),
+          renewalTime: new Date(Date.now() + 1_800_000).toISOString(),
+          publicKeySHA256: "0".repeat(64),
+          secretName: "custody-svid-t1",
+        },
+      };
+      return t;
+    };
+    const { calls, bodies, reconciler } = harness(async () => {}, issued);
+    await reconciler.reconcile("ns/t1");
+    expect(calls).toContain("record dev.custody.task.revoked");
+    expect((bodies[STATUS] as AgentTask).status?.phase).toBe("Revoked");
+  });
 });
