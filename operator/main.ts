@@ -8,6 +8,7 @@ import { type AgentTask, API_VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
 import { findAbandoned } from "../core/provenance/abandoned.ts";
 import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
+import { verifyStreams } from "../core/provenance/verify.ts";
 import { kafkaConnectionFromEnv } from "../shells/kafka/connection.ts";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
@@ -579,6 +580,25 @@ async function main(): Promise<void> {
     const records = (await writer.readTail(from)).sort((a, b) =>
       a.partition !== b.partition ? a.partition - b.partition : Number(BigInt(a.offset) - BigInt(b.offset)),
     );
+    // Act only on a tail that verifies (published keys, hash links, no fork):
+    // whoever can write to the topic must not get the leader to sign their
+    // events as abandoned issuances, nor hide a real one.
+    const theirs = records.filter((r) => names.has(streamOf(r.value)));
+    const report = verifyStreams(
+      theirs.map((r) => ({ partition: r.partition, offset: r.offset, value: r.value })),
+      { keys: await anchor.publishedKeys(), allowRetentionGap: true },
+    );
+    const untrusted = new Set<string>();
+    for (const st of report.streams) {
+      const errors = st.findings.filter((f) => f.severity === "error");
+      if (errors.length === 0) continue;
+      untrusted.add(st.stream);
+      log.error("a predecessor's tail does not verify: not settled; run custody verify", {
+        stream: st.stream,
+        findings: errors.length,
+        first: errors[0]!.message.slice(0, 300),
+      });
+    }
     const events = records
       .map((r) => {
         try {
@@ -589,7 +609,10 @@ async function main(): Promise<void> {
           return undefined;
         }
       })
-      .filter((e): e is NonNullable<typeof e> => e !== undefined && names.has(e.custodystream ?? ""));
+      .filter(
+        (e): e is NonNullable<typeof e> =>
+          e !== undefined && names.has(e.custodystream ?? "") && !untrusted.has(e.custodystream ?? ""),
+      );
     const held = (uid: string, ns: string, name: string) => {
       const c = tasks.get(`${ns}/${name}`);
       const t = c ? (JSON.parse(c.json) as AgentTask) : undefined;
@@ -619,7 +642,11 @@ async function main(): Promise<void> {
         deterministicEventId("abandoned", a.context.taskUid, a.serial),
       );
     }
-    await anchor.markSettled([...names], myStream);
+    // A tail that did not verify stays unsettled: the next leader looks again, and verify reports it.
+    await anchor.markSettled(
+      [...names].filter((n) => !untrusted.has(n)),
+      myStream,
+    );
     log.info("predecessors' tails settled", {
       streams: [...names],
       events: events.length,
@@ -718,6 +745,16 @@ interface PodMeta {
   /** True when the pod mounts Custody's credential volume (the webhook injected it). */
   injected: boolean;
   containers: string[];
+}
+
+/** The custodystream of a record, without trusting anything else in it. */
+function streamOf(value: Buffer): string {
+  try {
+    const s = (JSON.parse(value.toString("utf8")) as { custodystream?: unknown }).custodystream;
+    return typeof s === "string" ? s : "";
+  } catch {
+    return "";
+  }
 }
 
 function slimPod(p: PodMeta | Record<string, unknown>): PodMeta {

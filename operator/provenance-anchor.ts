@@ -4,7 +4,7 @@
 // tail is detected: verify requires the stream to reach the last checkpoint).
 // One ConfigMap, `custody-provenance`; checkpoints are few small writes (at
 // most one per interval, only when the head moved).
-import { createPublicKey, type KeyObject } from "node:crypto";
+import { createPublicKey, type JsonWebKey, type KeyObject } from "node:crypto";
 import { type Checkpoint, makeCheckpoint } from "../core/provenance/checkpoint.ts";
 import { jwkThumbprint, type Signer } from "../core/provenance/sign.ts";
 import { isAlreadyExists, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
@@ -70,6 +70,12 @@ export class ProvenanceAnchor {
   async start(stream: string, partitions: Record<string, string>, now = new Date()): Promise<void> {
     const offsets: StreamOffsets = { stream, partitions, time: now.toISOString() };
     await this.#write({ [`${OFFSETS_PREFIX}${safe(stream)}`]: JSON.stringify(offsets) }, await this.#get());
+  }
+
+  /** The published public keys by kid (jwks.json), for checking a predecessor's events. */
+  async publishedKeys(): Promise<Map<string, JsonWebKey>> {
+    const keys = parseJwks((await this.#get())?.data?.[JWKS_KEY]);
+    return new Map(keys.filter((k) => typeof k.kid === "string").map((k) => [k.kid!, k as JsonWebKey]));
   }
 
   /** Streams of earlier writers whose tails no successor has settled yet. */
