@@ -580,9 +580,11 @@ async function main(): Promise<void> {
     const records = (await writer.readTail(from)).sort((a, b) =>
       a.partition !== b.partition ? a.partition - b.partition : Number(BigInt(a.offset) - BigInt(b.offset)),
     );
-    // Act only on a tail that verifies (published keys, hash links, no fork):
+    // Act only on events that are authentic (published keys, intact, no fork):
     // whoever can write to the topic must not get the leader to sign their
-    // events as abandoned issuances, nor hide a real one.
+    // events as abandoned issuances, nor hide a real one. Gaps are expected:
+    // the tail starts at per-partition bounds, so a stream's earlier events
+    // in other partitions are not part of it.
     const theirs = records.filter((r) => names.has(streamOf(r.value)));
     const report = verifyStreams(
       theirs.map((r) => ({ partition: r.partition, offset: r.offset, value: r.value })),
@@ -590,7 +592,7 @@ async function main(): Promise<void> {
     );
     const untrusted = new Set<string>();
     for (const st of report.streams) {
-      const errors = st.findings.filter((f) => f.severity === "error");
+      const errors = st.findings.filter((f) => AUTHENTICITY_FINDINGS.has(f.kind));
       if (errors.length === 0) continue;
       untrusted.add(st.stream);
       log.error("a predecessor's tail does not verify: not settled; run custody verify", {
@@ -746,6 +748,15 @@ interface PodMeta {
   injected: boolean;
   containers: string[];
 }
+
+/** Findings that make an event untrustworthy in itself (not gaps or order, which a partial tail shows). */
+const AUTHENTICITY_FINDINGS: ReadonlySet<string> = new Set([
+  "malformed",
+  "altered",
+  "unknown-key",
+  "bad-signature",
+  "fork",
+]);
 
 /** The custodystream of a record, without trusting anything else in it. */
 function streamOf(value: Buffer): string {
