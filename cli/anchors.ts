@@ -11,16 +11,10 @@
 // Checkpoints: every checkpoint.* entry of that ConfigMap, plus --checkpoint.
 import { createPrivateKey, createPublicKey, type JsonWebKey, type KeyObject } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { CHECKPOINT_PREFIX, JWKS_KEY, PROVENANCE_CONFIGMAP, PROVENANCE_KEY_SECRET } from "../core/names.ts";
 import { createKeyRing } from "../core/provenance/sign.ts";
 import type { KubeRest } from "../shells/kube/rest.ts";
 
-// The operator's names (operator/provenance-anchor.ts, operator/signing-keys.ts),
-// repeated here so the CLI does not load the operator's modules; a unit test
-// keeps them equal.
-export const PROVENANCE_CONFIGMAP = "custody-provenance";
-export const JWKS_KEY = "jwks.json";
-export const CHECKPOINT_PREFIX = "checkpoint.";
-export const PROVENANCE_KEY_SECRET = "custody-provenance-signing-key";
 export const DEFAULT_OPERATOR_NAMESPACE = "custody-system";
 
 export interface VerificationKeys {

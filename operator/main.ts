@@ -6,6 +6,7 @@ import { hostname } from "node:os";
 import { SVID_VOLUME_NAME } from "../core/admission/injection.ts";
 import { type AgentTask, API_VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
+import { ADMISSION_KEY_SECRET } from "../core/names.ts";
 import { findAbandoned } from "../core/provenance/abandoned.ts";
 import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
 import { verifyStreams } from "../core/provenance/verify.ts";
@@ -35,7 +36,7 @@ import {
   TRUST_BUNDLE_CONFIGMAP,
   taskCollectionPath,
 } from "./resources.ts";
-import { ADMISSION_KEY_SECRET, loadOrCreateSigningKey } from "./signing-keys.ts";
+import { loadOrCreateSigningKey } from "./signing-keys.ts";
 import { CredentialIndex, createTaskReconciler } from "./task-reconciler.ts";
 import { CONTENT_HASH_ANNOTATION, TrustBundlePublisher } from "./trust-bundle.ts";
 

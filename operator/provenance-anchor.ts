@@ -5,6 +5,7 @@
 // One ConfigMap, `custody-provenance`; checkpoints are few small writes (at
 // most one per interval, only when the head moved).
 import { createPublicKey, type JsonWebKey, type KeyObject } from "node:crypto";
+import { CHECKPOINT_PREFIX, JWKS_KEY, PROVENANCE_CONFIGMAP } from "../core/names.ts";
 import { type Checkpoint, makeCheckpoint } from "../core/provenance/checkpoint.ts";
 import { jwkThumbprint, type Signer } from "../core/provenance/sign.ts";
 import { isAlreadyExists, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
@@ -12,9 +13,6 @@ import type { Logger } from "../shells/log.ts";
 import type { AckedHead } from "./provenance.ts";
 import { COMPONENT_LABEL, configMapPath, MANAGED_BY, MANAGED_BY_LABEL } from "./resources.ts";
 
-export const PROVENANCE_CONFIGMAP = "custody-provenance";
-export const JWKS_KEY = "jwks.json";
-export const CHECKPOINT_PREFIX = "checkpoint.";
 /** Per stream: where in each partition its records not yet covered by its checkpoint begin. */
 export const OFFSETS_PREFIX = "offsets.";
 /** Per stream: its tail was settled by a successor (abandoned issuances recorded). */

@@ -2,21 +2,17 @@
 import { GROUP, PLURAL, VERSION } from "../core/api/v1alpha1.ts";
 
 export const FINALIZER = "custody.dev/revoke-credential";
-export const MANAGED_BY_LABEL = "app.kubernetes.io/managed-by";
-export const MANAGED_BY = "custody";
-export const COMPONENT_LABEL = "custody.dev/component";
-/** The pod opt-in label; also set on a task's credential Secret to name its task. */
-export const TASK_LABEL = "custody.dev/agent-task";
+export {
+  COMPONENT_LABEL,
+  CREDENTIAL_SECRET_PREFIX,
+  credentialSecretName,
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  TASK_LABEL,
+  TRUST_BUNDLE_CONFIGMAP,
+} from "../core/names.ts";
 export const SERIAL_ANNOTATION = "custody.dev/serial";
 export const SPIFFE_ID_ANNOTATION = "custody.dev/spiffe-id";
-export const TRUST_BUNDLE_CONFIGMAP = "custody-trust-bundle";
-/**
- * Credential Secrets have a reserved name pattern so that a cluster-wide
- * admission check can refuse pods that reference one directly.
- */
-export const CREDENTIAL_SECRET_PREFIX = "custody-svid-";
-
-export const credentialSecretName = (task: string): string => `${CREDENTIAL_SECRET_PREFIX}${task}`;
 
 const enc = encodeURIComponent;
 export const taskCollectionPath = (ns?: string): string =>

@@ -3,14 +3,12 @@
 // once: creation is create-if-absent, and the loser of the race loads the
 // winner's key, so every replica signs with the same key and kid.
 import { createPrivateKey, generateKeyPairSync, type KeyObject } from "node:crypto";
+import { PROVENANCE_KEY_SECRET } from "../core/names.ts";
 import { jwkThumbprint } from "../core/provenance/sign.ts";
+
 import { isAlreadyExists, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
 import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, secretPath } from "./resources.ts";
-
-export const PROVENANCE_KEY_SECRET = "custody-provenance-signing-key";
-/** Signs requester records and workload stamps; only Custody's service account may read it. */
-export const ADMISSION_KEY_SECRET = "custody-admission-signing-key";
 
 export async function loadOrCreateSigningKey(
   rest: KubeRest,

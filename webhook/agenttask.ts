@@ -23,9 +23,9 @@ import {
 import { type AgentTask, type AgentTaskSpec, parseAgentTaskSpec } from "../core/api/v1alpha1.ts";
 import { IDENTITY_FIELDS, identitySpecDigest } from "../core/delegation.ts";
 import { ValidationError } from "../core/errors.ts";
+import { credentialSecretName, TASK_LABEL } from "../core/names.ts";
 import { canonicalize } from "../core/provenance/canonical-json.ts";
 import type { KeyRing, Signer } from "../core/provenance/sign.ts";
-import { credentialSecretName, TASK_LABEL } from "../operator/resources.ts";
 import {
   type AdmissionHandler,
   type AdmissionRequest,

@@ -19,7 +19,7 @@
  */
 import { createHash } from "node:crypto";
 import { CLOCK_SKEW_SECONDS } from "../core/admission/assertion.ts";
-import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL } from "../operator/resources.ts";
+import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL } from "../core/names.ts";
 import { isAlreadyExists, isConflict, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 
 export const JTI_LEASE_PREFIX = "custody-jti-";

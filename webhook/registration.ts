@@ -16,6 +16,7 @@
 // unavailable webhook blocks only opted-in objects, never the rest of the
 // cluster; excludedNamespaces (kube-system by default) keep the control
 // plane's own namespaces out of reach entirely.
+import { MANAGED_BY, MANAGED_BY_LABEL, TASK_LABEL } from "../core/names.ts";
 import { fromPem } from "../core/x509/pem.ts";
 import { isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 
@@ -29,7 +30,6 @@ export const WORKLOADS_WEBHOOK = "workloads.custody.dev";
 
 export const DEFAULT_REGISTRATION_NAME = "custody";
 export const FIELD_MANAGER = "custody-operator";
-export const OPT_IN_LABEL = "custody.dev/agent-task";
 export const DEFAULT_EXCLUDED_NAMESPACES: readonly string[] = ["kube-system"];
 
 const API_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
@@ -142,7 +142,7 @@ function withExclusions(selector: LabelSelector | undefined, excluded: readonly 
 }
 
 const optInSelector = (): LabelSelector => ({
-  matchExpressions: [{ key: OPT_IN_LABEL, operator: "Exists" }],
+  matchExpressions: [{ key: TASK_LABEL, operator: "Exists" }],
 });
 
 export function buildWebhookConfiguration(options: RegistrationOptions): MutatingWebhookConfiguration {
@@ -243,7 +243,7 @@ export function buildWebhookConfiguration(options: RegistrationOptions): Mutatin
   return {
     apiVersion: "admissionregistration.k8s.io/v1",
     kind: "MutatingWebhookConfiguration",
-    metadata: { name, labels: { "app.kubernetes.io/managed-by": "custody" } },
+    metadata: { name, labels: { [MANAGED_BY_LABEL]: MANAGED_BY } },
     webhooks: [agenttasks, pods, workloads],
   };
 }

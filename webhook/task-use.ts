@@ -16,12 +16,12 @@ import {
 import { STAMP_ANNOTATION, verifyStamp, type WorkloadStamp } from "../core/admission/stamp.ts";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
 import { ValidationError } from "../core/errors.ts";
+import { TASK_LABEL } from "../core/names.ts";
 import type { KeyRing, Signer } from "../core/provenance/sign.ts";
 import { validateDnsLabel } from "../core/spiffe.ts";
 import { type AdmissionResult, deny, type UserInfo } from "./admission.ts";
 
-/** The pod opt-in label (operator/resources.ts TASK_LABEL; webhook/ may not import operator/). */
-export const TASK_LABEL = "custody.dev/agent-task";
+export { TASK_LABEL };
 export const TASK_LABEL_FIELD = `metadata.labels[${TASK_LABEL}]`;
 
 export interface IdentityAdmissionDeps {

@@ -16,7 +16,9 @@
  *
  * Pure: no I/O; the pod is untrusted JSON, so every field is checked for shape.
  */
+
 import { ValidationError } from "../errors.ts";
+import { CREDENTIAL_SECRET_PREFIX, TRUST_BUNDLE_CONFIGMAP } from "../names.ts";
 
 /** The pod annotation naming the containers to inject (comma-separated); absent: all regular containers. */
 export const INJECT_CONTAINERS_ANNOTATION = "custody.dev/inject-containers";
@@ -29,10 +31,6 @@ export const SVID_MOUNT_PATH = "/var/run/secrets/custody.dev/svid";
  * injectionWarnings() points out when it looks missing.
  */
 export const SVID_FILE_MODE = 0o440;
-
-/** Keep in sync with operator/resources.ts (credentialSecretName, TRUST_BUNDLE_CONFIGMAP); core cannot import it. */
-const CREDENTIAL_SECRET_PREFIX = "custody-svid-";
-const TRUST_BUNDLE_CONFIGMAP = "custody-trust-bundle";
 
 /** The files in the volume. */
 export const SVID_FILES = {

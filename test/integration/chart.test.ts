@@ -25,10 +25,10 @@ import { ASSERTION_ALGORITHMS, AssertionIssuerSchema, MAX_ISSUERS } from "../../
 import { INJECTED_ENV_NAMES, SVID_VOLUME_NAME } from "../../core/admission/injection.ts";
 import { DELEGATOR_KINDS } from "../../core/api/v1alpha1.ts";
 import { TTL_PATTERN } from "../../core/duration.ts";
+import { ADMISSION_KEY_SECRET, PROVENANCE_KEY_SECRET } from "../../core/names.ts";
 import { generateCa } from "../../core/x509/ca.ts";
 import { serialFromRandom } from "../../core/x509/serial.ts";
 import { loadOperatorConfig } from "../../operator/config.ts";
-import { ADMISSION_KEY_SECRET, PROVENANCE_KEY_SECRET } from "../../operator/signing-keys.ts";
 import { loadClusterCredentials } from "../../shells/kube/credentials.ts";
 import { KubeRest } from "../../shells/kube/rest.ts";
 import { loadAssertionIssuers } from "../../webhook/assertions.ts";

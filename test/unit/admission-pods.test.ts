@@ -2,7 +2,6 @@
 // decides whether a pod may wear a task's identity, and the patch it gets.
 import { describe, expect, it } from "vitest";
 import { SVID_MOUNT_PATH, SVID_VOLUME_NAME } from "../../core/admission/injection.ts";
-import { TASK_LABEL as OPERATOR_TASK_LABEL } from "../../operator/resources.ts";
 import type { AdmissionResult, UserInfo } from "../../webhook/admission.ts";
 import { createPodAdmission } from "../../webhook/pods.ts";
 import { POD_CONTROLLER_USERNAMES, TASK_LABEL } from "../../webhook/task-use.ts";
@@ -79,10 +78,6 @@ function expectRefused(r: AdmissionResult, code: number, ...parts: string[]): vo
 }
 
 describe("pods webhook: injection", () => {
-  it("uses the operator's opt-in label", () => {
-    expect(TASK_LABEL).toBe(OPERATOR_TASK_LABEL);
-  });
-
   it("injects the task's requester's pod: volume, mount and environment", async () => {
     const { admit, f } = setup();
     const p = pod();

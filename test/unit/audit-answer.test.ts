@@ -1,13 +1,6 @@
 import { generateKeyPairSync } from "node:crypto";
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  CHECKPOINT_PREFIX,
-  JWKS_KEY,
-  jwksRing,
-  PROVENANCE_CONFIGMAP,
-  PROVENANCE_KEY_SECRET,
-  readCheckpointFlag,
-} from "../../cli/anchors.ts";
+import { jwksRing, readCheckpointFlag } from "../../cli/anchors.ts";
 import { AUDIT_FLAGS, parseQuery, signatureInput } from "../../cli/audit.ts";
 import { buildAudit, renderAudit, type SignatureVerifier } from "../../cli/audit-answer.ts";
 import { parseArgs, UsageError } from "../../cli/flags.ts";
@@ -16,8 +9,6 @@ import { findingLine, renderVerify } from "../../cli/verify.ts";
 import { canonicalForms } from "../../core/provenance/chain.ts";
 import { createEs256Signer, decodeBase64url, verifyEs256 } from "../../core/provenance/sign.ts";
 import { verifyStreams } from "../../core/provenance/verify.ts";
-import * as anchor from "../../operator/provenance-anchor.ts";
-import * as signingKeys from "../../operator/signing-keys.ts";
 import {
   CHILD,
   lifecycle,
@@ -238,13 +229,6 @@ describe("the CLI's flags and sources", () => {
       const value = JSON.parse(new TextDecoder().decode(r.value as Uint8Array)) as Record<string, unknown>;
       expect(signatureInput(value)).toBe(canonicalForms(value).signatureInput);
     }
-  });
-
-  it("reads the operator's anchors under the operator's names", () => {
-    expect(PROVENANCE_CONFIGMAP).toBe(anchor.PROVENANCE_CONFIGMAP);
-    expect(JWKS_KEY).toBe(anchor.JWKS_KEY);
-    expect(CHECKPOINT_PREFIX).toBe(anchor.CHECKPOINT_PREFIX);
-    expect(PROVENANCE_KEY_SECRET).toBe(signingKeys.PROVENANCE_KEY_SECRET);
   });
 
   it("accepts a JWK Set whose kids are the keys' thumbprints, and no other", () => {
