@@ -586,9 +586,12 @@ async function main(): Promise<void> {
     // events as abandoned issuances, nor hide a real one. Gaps are expected:
     // the tail starts at per-partition bounds, so a stream's earlier events
     // in other partitions are not part of it.
-    const theirs = records.filter((r) => names.has(streamOf(r.value)));
+    // Parsed once: each record with its event (undefined when not JSON).
+    const theirs = records
+      .map((r) => ({ r, e: parseTailEvent(r.value) }))
+      .filter((x) => names.has(x.e?.custodystream ?? ""));
     const report = verifyStreams(
-      theirs.map((r) => ({ partition: r.partition, offset: r.offset, value: r.value })),
+      theirs.map(({ r }) => ({ partition: r.partition, offset: r.offset, value: r.value })),
       { keys: await anchor.publishedKeys(), allowRetentionGap: true },
     );
     const untrusted = new Set<string>();
@@ -602,35 +605,18 @@ async function main(): Promise<void> {
         first: errors[0]!.message.slice(0, 300),
       });
     }
-    const events = records
-      .map((r) => {
-        try {
-          return JSON.parse(r.value.toString("utf8")) as { custodystream?: string } & Parameters<
-            typeof findAbandoned
-          >[0][number];
-        } catch {
-          return undefined;
-        }
-      })
-      .filter(
-        (e): e is NonNullable<typeof e> =>
-          e !== undefined && names.has(e.custodystream ?? "") && !untrusted.has(e.custodystream ?? ""),
-      );
-    const held = (uid: string, ns: string, name: string) => {
-      const c = tasks.get(`${ns}/${name}`);
+    const events = theirs.flatMap(({ e }) => (e && !untrusted.has(e.custodystream ?? "") ? [e] : []));
+    // The serials the task holds now: its status and its Secret (none when it is gone or re-created).
+    const abandoned = findAbandoned(events, ({ taskUid, namespace, name }) => {
+      const c = tasks.get(`${namespace}/${name}`);
       const t = c ? (JSON.parse(c.json) as AgentTask) : undefined;
       const serials = new Set<string>();
-      if (t && t.metadata.uid === uid) {
+      if (t && t.metadata.uid === taskUid) {
         if (t.status?.certificate?.serial) serials.add(t.status.certificate.serial);
-        const secret = credentialIndex.get(`${ns}/${name}`);
+        const secret = credentialIndex.get(`${namespace}/${name}`);
         if (secret) serials.add(secret);
       }
       return serials;
-    };
-    const byUid = new Map(events.map((e) => [e.data?.context?.taskUid ?? "", e.data?.context]));
-    const abandoned = findAbandoned(events, (uid) => {
-      const c = byUid.get(uid);
-      return c ? held(uid, c.namespace, c.name) : new Set();
     });
     for (const a of abandoned) {
       await writer.record(
@@ -759,13 +745,14 @@ const AUTHENTICITY_FINDINGS: ReadonlySet<string> = new Set([
   "fork",
 ]);
 
-/** The custodystream of a record, without trusting anything else in it. */
-function streamOf(value: Buffer): string {
+type TailEvent = Parameters<typeof findAbandoned>[0][number] & { custodystream?: string };
+
+/** A tail record's event, or undefined when it is not JSON (verifyStreams reports those). */
+function parseTailEvent(value: Buffer): TailEvent | undefined {
   try {
-    const s = (JSON.parse(value.toString("utf8")) as { custodystream?: unknown }).custodystream;
-    return typeof s === "string" ? s : "";
+    return JSON.parse(value.toString("utf8")) as TailEvent;
   } catch {
-    return "";
+    return undefined;
   }
 }
 

@@ -60,14 +60,14 @@ export class ProvenanceAnchor {
     const current = await this.#get();
     const keys = parseJwks(current?.data?.[JWKS_KEY]);
     if (keys.some((k) => k.kid === kid)) return;
-    await this.#write({ [JWKS_KEY]: `${JSON.stringify({ keys: [...keys, entry] }, null, 2)}\n` }, current);
+    await this.#write({ [JWKS_KEY]: `${JSON.stringify({ keys: [...keys, entry] }, null, 2)}\n` });
     this.#log.info("provenance key published", { configMap: PROVENANCE_CONFIGMAP, kid });
   }
 
   /** Where a new writer's records begin, before its first event: a crash at any point leaves a bound. */
   async start(stream: string, partitions: Record<string, string>, now = new Date()): Promise<void> {
     const offsets: StreamOffsets = { stream, partitions, time: now.toISOString() };
-    await this.#write({ [`${OFFSETS_PREFIX}${safe(stream)}`]: JSON.stringify(offsets) }, await this.#get());
+    await this.#write({ [`${OFFSETS_PREFIX}${safe(stream)}`]: JSON.stringify(offsets) });
   }
 
   /** The published public keys by kid (jwks.json), for checking a predecessor's events. */
@@ -104,7 +104,7 @@ export class ProvenanceAnchor {
       data[`${SETTLED_PREFIX}${safe(s)}`] = JSON.stringify({ by, time: now.toISOString() });
       data[`${OFFSETS_PREFIX}${safe(s)}`] = null;
     }
-    await this.#write(data, await this.#get());
+    await this.#write(data);
   }
 
   /** Signs and stores a checkpoint of the head when it moved since the last one. */
@@ -122,21 +122,18 @@ export class ProvenanceAnchor {
       time: now.toISOString(),
       signer: this.#signer,
     });
-    await this.#write(
-      {
-        [checkpointKey(head.stream)]: JSON.stringify(checkpoint),
-        ...(offsets
-          ? {
-              [`${OFFSETS_PREFIX}${safe(head.stream)}`]: JSON.stringify({
-                stream: head.stream,
-                partitions: offsets,
-                time: now.toISOString(),
-              } satisfies StreamOffsets),
-            }
-          : {}),
-      },
-      await this.#get(),
-    );
+    await this.#write({
+      [checkpointKey(head.stream)]: JSON.stringify(checkpoint),
+      ...(offsets
+        ? {
+            [`${OFFSETS_PREFIX}${safe(head.stream)}`]: JSON.stringify({
+              stream: head.stream,
+              partitions: offsets,
+              time: now.toISOString(),
+            } satisfies StreamOffsets),
+          }
+        : {}),
+    });
     this.#anchoredSeq.set(head.stream, head.seq);
     return checkpoint;
   }
@@ -150,30 +147,35 @@ export class ProvenanceAnchor {
     }
   }
 
-  async #write(data: Record<string, string | null>, current: ConfigMap | undefined): Promise<void> {
-    if (!current) {
-      const created = await this.#rest
-        .post(configMapPath(this.#namespace), {
-          apiVersion: "v1",
-          kind: "ConfigMap",
-          metadata: {
-            name: PROVENANCE_CONFIGMAP,
-            namespace: this.#namespace,
-            labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "provenance" },
-          },
-          data,
-        })
-        .then(
-          () => true,
-          (err: unknown) => {
-            if (isAlreadyExists(err)) return false; // created meanwhile: merge into it
-            throw err;
-          },
-        );
-      if (created) return;
+  /**
+   * A merge patch of our keys only (other streams' entries stay as they
+   * are), creating the ConfigMap the first time: no read before a write.
+   */
+  async #write(data: Record<string, string | null>): Promise<void> {
+    const path = configMapPath(this.#namespace, PROVENANCE_CONFIGMAP);
+    try {
+      await this.#rest.patch(path, { data }, "merge");
+      return;
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
     }
-    // A merge patch of our keys only: other streams' checkpoints stay as they are.
-    await this.#rest.patch(configMapPath(this.#namespace, PROVENANCE_CONFIGMAP), { data }, "merge");
+    const created = Object.fromEntries(Object.entries(data).filter(([, v]) => v !== null));
+    try {
+      await this.#rest.post(configMapPath(this.#namespace), {
+        apiVersion: "v1",
+        kind: "ConfigMap",
+        metadata: {
+          name: PROVENANCE_CONFIGMAP,
+          namespace: this.#namespace,
+          labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "provenance" },
+        },
+        data: created,
+      });
+    } catch (err) {
+      // Created meanwhile (another replica): merge into it.
+      if (!isAlreadyExists(err)) throw err;
+      await this.#rest.patch(path, { data }, "merge");
+    }
   }
 }
 

@@ -37,12 +37,12 @@ export interface Abandoned {
 
 /**
  * `events` in stream order per task (one task's events share a partition
- * key, the chain root). `heldSerials(taskUid)` gives the serials the task's
+ * key, the chain root). `heldSerials(context)` gives the serials the task's
  * status and credential Secret hold now (empty when the task is gone).
  */
 export function findAbandoned(
   events: readonly TailEvent[],
-  heldSerials: (taskUid: string) => ReadonlySet<string>,
+  heldSerials: (context: Context) => ReadonlySet<string>,
 ): Abandoned[] {
   const open = new Map<string, Map<string, { context: Context; subject: string }>>();
   const settle = (uid: string, serial: string | undefined) => {
@@ -78,8 +78,10 @@ export function findAbandoned(
     }
   }
   const abandoned: Abandoned[] = [];
-  for (const [uid, serials] of open) {
-    const held = heldSerials(uid);
+  for (const serials of open.values()) {
+    const first = serials.values().next().value;
+    if (!first) continue;
+    const held = heldSerials(first.context);
     for (const [serial, at] of serials) if (!held.has(serial)) abandoned.push({ ...at, serial });
   }
   return abandoned;

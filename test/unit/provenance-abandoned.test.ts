@@ -40,7 +40,7 @@ describe("findAbandoned", () => {
       issued("d", "30"),
       { type: "dev.custody.task.issuance.abandoned", data: { context: ctx("d"), serial: "30" } },
     ];
-    expect(findAbandoned(events, (uid) => new Set(uid === "a" ? ["02"] : []))).toEqual([]);
+    expect(findAbandoned(events, ({ taskUid }) => new Set(taskUid === "a" ? ["02"] : []))).toEqual([]);
   });
 
   it("a crash after a renewal's ack: the new serial is abandoned, the old one is still held", () => {
