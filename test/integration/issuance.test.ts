@@ -66,6 +66,24 @@ beforeAll(async () => {
 
 afterAll(() => bed?.teardown());
 
+/** Pulls a task's renewal time into the past through the status subresource. */
+function renewNow(name: string): void {
+  execFileSync(
+    join(env.binDir, "kubectl"),
+    [
+      "patch",
+      "at",
+      name,
+      "-n",
+      ns,
+      "--subresource=status",
+      "--type=json",
+      `-p=[{"op":"replace","path":"/status/certificate/renewalTime","value":"${new Date(Date.now() - 1000).toISOString()}"}]`,
+    ],
+    { env: { ...process.env, KUBECONFIG: env.kubeconfig }, stdio: "pipe" },
+  );
+}
+
 describe("issuance", () => {
   it("issues a SPIFFE X.509-SVID that chains to the published bundle and carries the delegation", async () => {
     await createTask(task("review-pr", {}));
@@ -154,21 +172,7 @@ describe("issuance", () => {
     expect(lifetime).toBeLessThanOrEqual(5 * 60_000);
     expect(Date.parse(cert.renewalTime)).toBeLessThan(Date.parse(cert.notAfter));
 
-    // Pull the renewal time into the past through the status subresource.
-    execFileSync(
-      join(env.binDir, "kubectl"),
-      [
-        "patch",
-        "at",
-        "renew-me",
-        "-n",
-        ns,
-        "--subresource=status",
-        "--type=json",
-        `-p=[{"op":"replace","path":"/status/certificate/renewalTime","value":"${new Date(Date.now() - 1000).toISOString()}"}]`,
-      ],
-      { env: { ...process.env, KUBECONFIG: env.kubeconfig }, stdio: "pipe" },
-    );
+    renewNow("renew-me");
     const renewed = await eventually(
       async () => {
         const t = await getTask("renew-me");
@@ -303,20 +307,7 @@ describe("identity fields are immutable", () => {
     await createTask(task("leaky", { ttl: "5m" }));
     const first = (await waitPhase("leaky", "Issued")).status!.certificate!;
     // Renew once: the first certificate stays valid (in copies) until its notAfter.
-    execFileSync(
-      join(env.binDir, "kubectl"),
-      [
-        "patch",
-        "at",
-        "leaky",
-        "-n",
-        ns,
-        "--subresource=status",
-        "--type=json",
-        `-p=[{"op":"replace","path":"/status/certificate/renewalTime","value":"${new Date(Date.now() - 1000).toISOString()}"}]`,
-      ],
-      { env: { ...process.env, KUBECONFIG: env.kubeconfig }, stdio: "pipe" },
-    );
+    renewNow("leaky");
     const second = await eventually(
       async () => {
         const c = (await getTask("leaky")).status?.certificate;
