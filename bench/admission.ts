@@ -16,7 +16,6 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { KubeRest } from "../shells/kube/rest.ts";
-import type { LocalEnv } from "../test/env/local-env.ts";
 import {
   installCustody,
   OPERATOR_NODE_FLAGS,
@@ -25,16 +24,13 @@ import {
   waitForAdmission,
 } from "../test/support/operator-process.ts";
 import { retryWhileUnavailable } from "../test/support/unavailable.ts";
+import { benchFlags, envDir, localEnv } from "./local.ts";
 
-const args = new Map<string, string>();
-for (let i = 2; i < process.argv.length; i += 2)
-  args.set(process.argv[i]!.replace(/^--/, ""), process.argv[i + 1]!);
-const RATE = Number(args.get("rate") ?? 200);
-const PODS = Number(args.get("pods") ?? 1000);
+const flag = benchFlags();
+const RATE = flag("rate", 200);
+const PODS = flag("pods", 1000);
 
-const repo = join(import.meta.dirname, "..");
-const envDir = process.env.CUSTODY_ENV_DIR ?? join(repo, ".local", "env");
-const env = JSON.parse(readFileSync(join(envDir, "env.json"), "utf8")) as LocalEnv;
+const env = localEnv();
 const admin = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig }));
 const alice = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig, context: "alice" }));
 const run = randomUUID().slice(0, 6);

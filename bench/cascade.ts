@@ -9,12 +9,9 @@
  */
 
 import { randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { Informer } from "../shells/kube/informer.ts";
 import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
-import type { LocalEnv } from "../test/env/local-env.ts";
 import {
   installCustody,
   OPERATOR_NODE_FLAGS,
@@ -23,13 +20,10 @@ import {
   waitForAdmission,
 } from "../test/support/operator-process.ts";
 import { retryWhileUnavailable } from "../test/support/unavailable.ts";
+import { benchFlags, localEnv } from "./local.ts";
 
-const argv = process.argv.slice(2);
-const N = Number(argv[argv.indexOf("--descendants") + 1] || 1000);
-const repo = join(import.meta.dirname, "..");
-const env = JSON.parse(
-  readFileSync(join(process.env.CUSTODY_ENV_DIR ?? join(repo, ".local", "env"), "env.json"), "utf8"),
-) as LocalEnv;
+const N = benchFlags()("descendants", 1000);
+const env = localEnv();
 const rest = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig }));
 const run = randomUUID().slice(0, 6);
 const ns = `cascade-${run}`;

@@ -11,11 +11,9 @@
 
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { Informer } from "../shells/kube/informer.ts";
 import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
-import type { LocalEnv } from "../test/env/local-env.ts";
 import {
   installCustody,
   OPERATOR_NODE_FLAGS,
@@ -24,18 +22,15 @@ import {
   waitForAdmission,
 } from "../test/support/operator-process.ts";
 import { retryWhileUnavailable } from "../test/support/unavailable.ts";
+import { benchFlags, localEnv } from "./local.ts";
 
-const args = new Map<string, string>();
-for (let i = 2; i < process.argv.length; i += 2)
-  args.set(process.argv[i]!.replace(/^--/, ""), process.argv[i + 1]!);
-const BURST = Number(args.get("burst") ?? 1000);
-const RATE = Number(args.get("rate") ?? 50);
-const SECONDS = Number(args.get("seconds") ?? 60);
-const TOTAL = Number(args.get("total") ?? 10_000);
+const flag = benchFlags();
+const BURST = flag("burst", 1000);
+const RATE = flag("rate", 50);
+const SECONDS = flag("seconds", 60);
+const TOTAL = flag("total", 10_000);
 
-const repo = join(import.meta.dirname, "..");
-const envDir = process.env.CUSTODY_ENV_DIR ?? join(repo, ".local", "env");
-const env = JSON.parse(readFileSync(join(envDir, "env.json"), "utf8")) as LocalEnv;
+const env = localEnv();
 const rest = new KubeRest(loadClusterCredentials({ kubeconfig: env.kubeconfig }));
 const run = randomUUID().slice(0, 6);
 const ns = `bench-${run}`;
