@@ -10,6 +10,7 @@
 import { z } from "zod";
 import { DEFAULT_TTL, parseTtl, TTL_PATTERN } from "../duration.ts";
 import { ValidationError } from "../errors.ts";
+import { audienceFileName, collidingAudiences } from "../jwt/audience-files.ts";
 import { GRANT_PATTERN, MAX_GRANT_LENGTH, MAX_SCOPE_GRANTS, parseGrant } from "../scope.ts";
 import { MAX_DNS_LABEL_LENGTH, validateDnsLabel } from "../spiffe.ts";
 import { type CelValidation, type CustomResourceDescription, celString, kube, withCel } from "./openapi.ts";
@@ -352,7 +353,22 @@ export const AgentTaskSpecSchema = kube(
       parentRef: ParentRefSchema.optional(),
       scope: scopeList,
       audiences: kube(
-        z.array(z.string().max(MAX_AUDIENCE_LENGTH).regex(new RegExp(AUDIENCE_PATTERN))).max(MAX_AUDIENCES),
+        z
+          .array(z.string().max(MAX_AUDIENCE_LENGTH).regex(new RegExp(AUDIENCE_PATTERN)))
+          .max(MAX_AUDIENCES)
+          .superRefine((list, ctx) => {
+            // Each audience's token is a file of the credential volume.
+            for (const i of collidingAudiences(list)) {
+              ctx.addIssue({
+                code: "custom",
+                path: [i],
+                message:
+                  `audience ${JSON.stringify(list[i])} would be written to the same file as another audience ` +
+                  `(${audienceFileName(list[i]!)}) or the token-exchange token (rule audience-file-names)`,
+                params: { rule: "audience-file-names" },
+              });
+            }
+          }),
         { "x-kubernetes-list-type": "set" },
       )
         .optional()

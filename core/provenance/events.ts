@@ -40,6 +40,7 @@ const serial = z.string().regex(SERIAL, "must be a lowercase hex serial of at mo
 const text = (max: number) => z.string().min(1).max(max);
 const grants = z.array(text(256)).min(1).max(64);
 const spiffeId = z.string().min(10).max(2048).startsWith("spiffe://");
+const keyId = z.string().regex(/^[A-Za-z0-9_-]{43}$/, "must be an RFC 7638 thumbprint");
 
 /** Where an event sits in the delegation graph. */
 export const delegationContext = z
@@ -141,6 +142,53 @@ export const EVENT_DATA_SCHEMAS = {
     cascadeFromUid: uid.optional(),
   }),
   "dev.custody.task.deleted": z.strictObject({ ...base }),
+  /** JWT-SVIDs minted for the task's audiences (ids and dates; never a token). */
+  "dev.custody.task.jwtsvid.issued": z.strictObject({
+    ...base,
+    spiffeId,
+    kid: keyId,
+    issuedAt: timestamp,
+    expiresAt: timestamp,
+    tokens: z.array(z.strictObject({ audience: text(256), jti: uid })).min(1).max(32),
+  }),
+  /** An on-behalf-of token granted by token exchange (RFC 8693). */
+  "dev.custody.task.token.exchanged": z.strictObject({
+    ...base,
+    audience: text(256),
+    scope: grants,
+    jti: uid,
+    kid: keyId,
+    expiresAt: timestamp,
+    /** The delegator at the root of the chain: the token's sub. */
+    subject: text(640),
+    /** The agents in the token's act claims, current first. */
+    actors: z.array(spiffeId).min(1).max(64),
+    client: z.strictObject({ spiffeId, serial }),
+    subjectTokenJti: uid,
+  }),
+  /**
+   * A token exchange refused, with the OAuth error code. The context is
+   * present when the request named a task Custody could verify.
+   */
+  "dev.custody.task.token.refused": z.strictObject({
+    context: delegationContext.optional(),
+    sensitive: sensitiveDigests.optional(),
+    error: z.enum([
+      "invalid_request",
+      "invalid_client",
+      "invalid_scope",
+      "invalid_target",
+      "unsupported_grant_type",
+      "temporarily_unavailable",
+      "server_error",
+    ]),
+    description: text(1024),
+    audience: text(256).optional(),
+    /** What the TLS layer verified, if anything. */
+    client: z.strictObject({ spiffeId: spiffeId.optional(), serial: serial.optional() }).optional(),
+    /** SHA-256 of the presented subject token: correlates without recording a credential. */
+    subjectTokenSha256: hex64.optional(),
+  }),
 } as const;
 
 export type EventType = keyof typeof EVENT_DATA_SCHEMAS;

@@ -216,7 +216,7 @@ export function writeLifecycle(
   const offsets = new Map<string, [number, number]>();
   for (const input of lifecycle()) {
     const { bytes } = writer.append(input);
-    const partition = input.data.context.taskUid === ROOT.uid ? 0 : topic.partitions.length - 1;
+    const partition = input.data.context?.taskUid === ROOT.uid ? 0 : topic.partitions.length - 1;
     offsets.set(input.id, [partition, topic.append(partition, bytes)]);
   }
   return { offsets };

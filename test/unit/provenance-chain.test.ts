@@ -57,6 +57,9 @@ describe("event model", () => {
       "dev.custody.task.expired",
       "dev.custody.task.revoked",
       "dev.custody.task.deleted",
+      "dev.custody.task.jwtsvid.issued",
+      "dev.custody.task.token.exchanged",
+      "dev.custody.task.token.refused",
     ]);
     for (const [i] of TYPES.entries()) expect(() => parseEventInput(sampleInput(i))).not.toThrow();
   });

@@ -76,6 +76,32 @@ export const SAMPLE_DATA: { readonly [T in EventType]: EventData<T> } = {
     cascadeFromUid: "uid-mid",
   },
   "dev.custody.task.deleted": { context },
+  "dev.custody.task.jwtsvid.issued": {
+    context,
+    spiffeId: SPIFFE_ID,
+    kid: "x".repeat(43),
+    issuedAt: "2026-03-01T12:00:00Z",
+    expiresAt: "2026-03-01T12:05:00Z",
+    tokens: [{ audience: "https://api.example", jti: "jti-1" }],
+  },
+  "dev.custody.task.token.exchanged": {
+    context,
+    audience: "https://api.example",
+    scope: ["read:repos/acme/api"],
+    jti: "jti-2",
+    kid: "x".repeat(43),
+    expiresAt: "2026-03-01T12:05:00Z",
+    subject: "alice@example.com",
+    actors: [SPIFFE_ID],
+    client: { spiffeId: SPIFFE_ID, serial: "0a1b2c3d4e5f" },
+    subjectTokenJti: "jti-1",
+  },
+  "dev.custody.task.token.refused": {
+    context,
+    error: "invalid_scope",
+    description: "scope is not within the task's scope",
+    audience: "https://api.example",
+  },
 };
 
 export const TYPES = Object.keys(SAMPLE_DATA) as EventType[];
