@@ -95,14 +95,16 @@ export function delegationInfo(args: {
 /**
  * The SPIFFE trust bundle document (SPIFFE Trust Domain and Bundle spec):
  * a JWK Set whose X.509 authorities carry `use: x509-svid` and the CA
- * certificate in `x5c`.
+ * certificate in `x5c`, and whose JWT authorities carry `use: jwt-svid` and
+ * their `kid`.
  */
 export function spiffeBundleJson(
   authorities: ReadonlyArray<{ der: Uint8Array; publicKey: KeyObject }>,
   sequence: number,
   refreshHintSeconds: number,
+  jwtAuthorities: ReadonlyArray<Record<string, string>> = [],
 ): string {
-  const keys = authorities.map(({ der, publicKey }) => {
+  const keys: Array<Record<string, unknown>> = authorities.map(({ der, publicKey }) => {
     const jwk = publicKey.export({ format: "jwk" }) as Record<string, string>;
     return {
       use: "x509-svid",
@@ -113,5 +115,6 @@ export function spiffeBundleJson(
       x5c: [Buffer.from(der).toString("base64")],
     };
   });
+  keys.push(...jwtAuthorities);
   return `${JSON.stringify({ keys, spiffe_sequence: sequence, spiffe_refresh_hint: refreshHintSeconds }, null, 2)}\n`;
 }

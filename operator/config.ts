@@ -2,6 +2,8 @@
 // uses the defaults). Bad values fail at start with the variable named.
 import { z } from "zod";
 import { DEFAULT_TTL, parseTtl } from "../core/duration.ts";
+import { checkSchedule, JWT_ALGORITHMS, type JwtAlgorithm, type KeySchedule } from "../core/jwt/keys.ts";
+import { DEFAULT_JWT_TTL_MS, MAX_JWT_TTL_MS, MAX_OBO_TTL_MS, MIN_JWT_TTL_MS } from "../core/jwt/svid.ts";
 import { DEFAULT_TRUST_DOMAIN, validateTrustDomain } from "../core/spiffe.ts";
 
 const listenAddress = z
@@ -68,6 +70,41 @@ const schema = z.object({
   /** Tests only: exit at this point of the issuance seam (after-issued-ack), to prove crash recovery. */
   CUSTODY_FAILPOINT: z.enum(["after-issued-ack"]).optional(),
   CUSTODY_RECORD_MAX_SKEW_SECONDS: z.coerce.number().int().min(1).max(60).default(5),
+  // JWT-SVIDs, token exchange, OIDC discovery (docs/jwt-svid.md).
+  CUSTODY_JWT_ALG: z.enum(JWT_ALGORITHMS).default("ES256"),
+  CUSTODY_JWT_SVID_TTL_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(MIN_JWT_TTL_MS / 1000)
+    .max(MAX_JWT_TTL_MS / 1000)
+    .default(DEFAULT_JWT_TTL_MS / 1000),
+  CUSTODY_JWT_KEY_ROTATION_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(10)
+    .max(90 * 86_400)
+    .default(86_400),
+  /** How long a new key is published before it signs (relying parties refresh the JWKS in between). */
+  CUSTODY_JWT_KEY_PUBLISH_AHEAD_SECONDS: z.coerce
+    .number()
+    .int()
+    .min(2)
+    .max(7 * 86_400)
+    .default(1800),
+  /** The identity endpoint (discovery, JWKS, token exchange), served over HTTPS by every replica. */
+  CUSTODY_OIDC_ADDR: listenAddress.default("127.0.0.1:8444"),
+  /** The issuer URL tokens name and relying parties fetch discovery from; default https://<CUSTODY_OIDC_ADDR>. */
+  CUSTODY_OIDC_ISSUER: z
+    .url({ protocol: /^https$/, error: "must be an https:// URL, e.g. https://custody.example.com" })
+    .refine((u) => !u.includes("?") && !u.includes("#"), "must have no query or fragment")
+    .optional(),
+  /** Extra DNS names for the identity endpoint's serving certificate (minted from the Custody CA). */
+  CUSTODY_OIDC_DNS_NAMES: z.string().default(""),
+  /** The Service that fronts the identity endpoint (its names go into the serving certificate). */
+  CUSTODY_OIDC_SERVICE: z
+    .string()
+    .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/, "must be a DNS label")
+    .default("custody-identity"),
 });
 
 export interface OperatorConfig {
@@ -100,6 +137,19 @@ export interface OperatorConfig {
   recordMaxSkewMs: number;
   checkpointIntervalMs: number;
   failpoint: "after-issued-ack" | undefined;
+  jwt: {
+    alg: JwtAlgorithm;
+    ttlMs: number;
+    schedule: KeySchedule;
+    /** Cache-Control max-age of the JWKS and the SPIFFE bundle's refresh hint. */
+    jwksMaxAgeSeconds: number;
+  };
+  oidc: {
+    addr: { host: string; port: number };
+    issuer: string;
+    dnsNames: string[];
+    service: string;
+  };
 }
 
 export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig {
@@ -113,6 +163,12 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
   parseTtl(c.CUSTODY_DEFAULT_TTL, "CUSTODY_DEFAULT_TTL");
   const [host, port] = splitHostPort(c.CUSTODY_HEALTH_ADDR);
   const [webhookHost, webhookPort] = splitHostPort(c.CUSTODY_WEBHOOK_ADDR);
+  const [oidcHost, oidcPort] = splitHostPort(c.CUSTODY_OIDC_ADDR);
+  if (oidcPort === 0 && c.CUSTODY_OIDC_ISSUER === undefined) {
+    throw new Error(
+      "invalid operator configuration:\n  CUSTODY_OIDC_ISSUER: is required when CUSTODY_OIDC_ADDR picks a free port (:0): tokens name the issuer before the port is known",
+    );
+  }
   return {
     trustDomain: c.CUSTODY_TRUST_DOMAIN,
     namespace: c.CUSTODY_NAMESPACE,
@@ -154,7 +210,38 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
     recordMaxSkewMs: c.CUSTODY_RECORD_MAX_SKEW_SECONDS * 1000,
     checkpointIntervalMs: c.CUSTODY_CHECKPOINT_INTERVAL_SECONDS * 1000,
     failpoint: c.CUSTODY_FAILPOINT,
+    jwt: jwtSettings(c),
+    oidc: {
+      addr: { host: oidcHost, port: oidcPort },
+      issuer: (c.CUSTODY_OIDC_ISSUER ?? `https://${c.CUSTODY_OIDC_ADDR}`).replace(/\/+$/, ""),
+      dnsNames: c.CUSTODY_OIDC_DNS_NAMES.split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+      service: c.CUSTODY_OIDC_SERVICE,
+    },
   };
+}
+
+function jwtSettings(c: z.output<typeof schema>): OperatorConfig["jwt"] {
+  const ttlMs = c.CUSTODY_JWT_SVID_TTL_SECONDS * 1000;
+  const publishAheadMs = c.CUSTODY_JWT_KEY_PUBLISH_AHEAD_SECONDS * 1000;
+  const schedule: KeySchedule = {
+    rotationPeriodMs: c.CUSTODY_JWT_KEY_ROTATION_SECONDS * 1000,
+    publishAheadMs,
+    // A retired key outlives every token it signed (JWT-SVIDs and on-behalf-of
+    // tokens), plus a minute of clock skew.
+    retentionMs: Math.max(ttlMs, MAX_OBO_TTL_MS) + 60_000,
+  };
+  try {
+    checkSchedule(schedule);
+  } catch (err) {
+    throw new Error(
+      `invalid operator configuration:\n  CUSTODY_JWT_KEY_ROTATION_SECONDS: must be longer than CUSTODY_JWT_KEY_PUBLISH_AHEAD_SECONDS (${(err as Error).message})`,
+    );
+  }
+  // Relying parties refresh at least twice while a new key waits to sign.
+  const jwksMaxAgeSeconds = Math.max(1, Math.min(300, Math.floor(publishAheadMs / 2000)));
+  return { alg: c.CUSTODY_JWT_ALG, ttlMs, schedule, jwksMaxAgeSeconds };
 }
 
 function jsonValue(text: string | undefined, name: string): unknown {

@@ -117,8 +117,14 @@ export class JwtKeyManager {
     const plan = planRotation(this.#ring, now, this.#o.schedule, (c, a) => generateJwtKey(this.#o.alg, c, a));
     if (plan.changes.length === 0) return [];
     try {
-      const body = { ...this.#body(plan.ring), metadata: { ...this.#body(plan.ring).metadata, resourceVersion: this.#rv } };
-      const written = await this.#o.rest.put<KeysSecret>(secretPath(this.#o.namespace, JWT_KEYS_SECRET), body);
+      const body = {
+        ...this.#body(plan.ring),
+        metadata: { ...this.#body(plan.ring).metadata, resourceVersion: this.#rv },
+      };
+      const written = await this.#o.rest.put<KeysSecret>(
+        secretPath(this.#o.namespace, JWT_KEYS_SECRET),
+        body,
+      );
       this.#set(plan.ring, written.metadata?.resourceVersion);
       for (const c of plan.changes) this.#o.log.info("JWT signing keys rotated", { change: c });
       return plan.changes;

@@ -6,6 +6,7 @@ import { hostname } from "node:os";
 import { SVID_VOLUME_NAME } from "../core/admission/injection.ts";
 import { type AgentTask, API_VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
+import { publicJwk, publishedSince } from "../core/jwt/keys.ts";
 import { ADMISSION_KEY_SECRET } from "../core/names.ts";
 import { findAbandoned } from "../core/provenance/abandoned.ts";
 import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
@@ -23,6 +24,9 @@ import { startAdmissionWebhook } from "./admission.ts";
 import { loadOrCreateCa } from "./ca-store.ts";
 import { loadOperatorConfig } from "./config.ts";
 import { boundPort, serveHealth } from "./health.ts";
+import { startIdentityEndpoint } from "./identity-endpoint.ts";
+import { JwtKeyManager } from "./jwt-keys.ts";
+import { createJwtSvidMinter, JWT_REFRESH_ANNOTATION } from "./jwt-svids.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
 import { createKafkaRecorder, deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
 import { ProvenanceAnchor } from "./provenance-anchor.ts";
@@ -128,17 +132,35 @@ async function main(): Promise<void> {
   }, config.checkpointIntervalMs);
   checkpointTimer.unref();
 
-  const bundles = new TrustBundlePublisher(rest, log.child("trust-bundle"), {
-    "ca.crt": trustAnchorsPem,
-    "bundle.spiffe": spiffeBundleJson(
-      trustAnchorsDer.map((der) => ({
-        der,
-        publicKey: new X509Certificate(der).publicKey,
-      })),
-      1,
-      300,
-    ),
+  // JWT signing keys, apart from the CA key: every replica loads them (its
+  // JWKS and token endpoint), the leader rotates them.
+  const jwtKeys = new JwtKeyManager({
+    rest,
+    namespace: config.namespace,
+    alg: config.jwt.alg,
+    schedule: config.jwt.schedule,
+    log: log.child("jwt-keys"),
   });
+  await jwtKeys.load();
+  const x509Authorities = trustAnchorsDer.map((der) => ({
+    der,
+    publicKey: new X509Certificate(der).publicKey,
+  }));
+  // The SPIFFE bundle lists the X.509 and the JWT authorities; the latter
+  // change as keys are published and retired.
+  const bundleBase = () => {
+    const now = Date.now();
+    return {
+      "ca.crt": trustAnchorsPem,
+      "bundle.spiffe": spiffeBundleJson(
+        x509Authorities,
+        Math.max(1, Math.floor(publishedSince(jwtKeys.ring, now, config.jwt.schedule) / 1000)),
+        config.jwt.jwksMaxAgeSeconds,
+        jwtKeys.published(now).map((k) => publicJwk(k, "jwt-svid")),
+      ),
+    };
+  };
+  const bundles = new TrustBundlePublisher(rest, log.child("trust-bundle"), bundleBase());
 
   // 10,000 tasks must fit in ~150 MB: the cache keeps each task as its JSON
   // text (a few KB as one string, instead of a tree of small objects) and
@@ -168,7 +190,10 @@ async function main(): Promise<void> {
         namespace: s.metadata.namespace,
         ...(s.metadata.resourceVersion ? { resourceVersion: s.metadata.resourceVersion } : {}),
         labels: { [TASK_LABEL]: s.metadata.labels?.[TASK_LABEL] ?? "" },
-        annotations: { [SERIAL_ANNOTATION]: s.metadata.annotations?.[SERIAL_ANNOTATION] ?? "" },
+        annotations: {
+          [SERIAL_ANNOTATION]: s.metadata.annotations?.[SERIAL_ANNOTATION] ?? "",
+          [JWT_REFRESH_ANNOTATION]: s.metadata.annotations?.[JWT_REFRESH_ANNOTATION] ?? "",
+        },
       },
     }),
     logger: log.child("informer"),
@@ -252,6 +277,14 @@ async function main(): Promise<void> {
       : {}),
     recordMaxSkewMs: config.recordMaxSkewMs,
     renewJitter: config.renewJitter,
+    jwt: createJwtSvidMinter({
+      settings: { issuer: config.oidc.issuer, ttlMs: config.jwt.ttlMs, signing: () => jwtKeys.signing() },
+      trustDomain: config.trustDomain,
+      getTask: (key) => {
+        const c = tasks.get(key);
+        return c ? (JSON.parse(c.json) as AgentTask) : undefined;
+      },
+    }),
     log: log.child("reconciler"),
     metrics,
   });
@@ -347,6 +380,54 @@ async function main(): Promise<void> {
   }, 60_000);
   revokedSweep.unref();
 
+  // JWT keys: the leader rotates on schedule, standbys reload the leader's
+  // ring; then every bundle is brought up to date with the published set.
+  const jwtKeyTick = setInterval(
+    () => {
+      const step = leading ? jwtKeys.rotate().then(() => undefined) : jwtKeys.load();
+      step
+        .then(() => {
+          if (bundles.setBase(bundleBase()) && leading) {
+            for (const ns of new Set(tasks.list().map((c) => c.metadata.namespace))) publishRevoked(ns);
+          }
+        })
+        .catch((err: unknown) => log.warn("JWT signing keys not refreshed", { error: errorText(err) }));
+    },
+    Math.min(10_000, Math.max(500, config.jwt.schedule.publishAheadMs / 4)),
+  );
+  jwtKeyTick.unref();
+
+  const identityEndpoint = await startIdentityEndpoint({
+    addr: config.oidc.addr,
+    issuer: config.oidc.issuer,
+    trustDomain: config.trustDomain,
+    service: { name: config.oidc.service, namespace: config.namespace },
+    dnsNames: config.oidc.dnsNames,
+    ca: () => ca,
+    trustAnchorsPem,
+    trustAnchorsDer: () => trustAnchorsDer,
+    keys: jwtKeys,
+    getTask: (key) => {
+      const c = tasks.get(key);
+      return c ? (JSON.parse(c.json) as AgentTask) : undefined;
+    },
+    jwksMaxAgeSeconds: config.jwt.jwksMaxAgeSeconds,
+    openRecorder: () =>
+      createKafkaRecorder({
+        brokers: config.kafka.brokers,
+        topic: config.kafka.topic,
+        partitions: config.kafka.partitions,
+        replicationFactor: config.kafka.replicationFactor,
+        writer: `${identity}-token-endpoint`,
+        epoch: 0,
+        signingKey,
+        connection: kafkaConnection,
+        log: log.child("provenance"),
+      }),
+    log: log.child("identity"),
+  });
+  log.info("identity endpoint", { issuer: config.oidc.issuer, port: identityEndpoint.port });
+
   const enqueue = (key: string) => {
     if (leading) queue.add(key);
   };
@@ -361,7 +442,11 @@ async function main(): Promise<void> {
   };
   const observeSecret = (s: SecretMeta) => {
     const key = credentialKeyOf(s);
-    if (key) credentialIndex.set(key, s.metadata.annotations?.[SERIAL_ANNOTATION] || undefined);
+    if (key) {
+      credentialIndex.set(key, s.metadata.annotations?.[SERIAL_ANNOTATION] || undefined);
+      const due = s.metadata.annotations?.[JWT_REFRESH_ANNOTATION];
+      if (due) credentialIndex.setTokensRefreshAt(key, Number(due));
+    }
     return key;
   };
   secrets.onAdd((s) => {
@@ -712,7 +797,14 @@ async function main(): Promise<void> {
     // so that a standby takes over at once.
     if (elector) await elector.stop();
     else await stopLeading();
-    await Promise.all([tasks.stop(), secrets.stop(), bundleMaps.stop(), pods.stop(), admission.close()]);
+    await Promise.all([
+      tasks.stop(),
+      secrets.stop(),
+      bundleMaps.stop(),
+      pods.stop(),
+      admission.close(),
+      identityEndpoint.close(),
+    ]);
     health.close();
     rest.close();
     process.exit(0);

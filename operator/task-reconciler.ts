@@ -44,6 +44,12 @@ import {
 import { isAlreadyExists, isConflict, isNotFound, KubeApiError, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
 import type { HandlerResult } from "../shells/workqueue.ts";
+import {
+  JWT_KID_ANNOTATION,
+  JWT_REFRESH_ANNOTATION,
+  type JwtSvidMinter,
+  type MintedJwtSvids,
+} from "./jwt-svids.ts";
 import type { TaskEventRecorder } from "./kube-events.ts";
 import { deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
 import {
@@ -90,6 +96,8 @@ export interface TaskReconcilerDeps {
   now?: () => number;
   /** Tests only: called at named points of the seam (e.g. to crash after an acknowledged `issued`). */
   failpoint?: (name: string) => void;
+  /** JWT-SVIDs for tasks that name audiences (operator/jwt-svids.ts); none without it. */
+  jwt?: JwtSvidMinter;
 }
 
 /**
@@ -99,12 +107,23 @@ export interface TaskReconcilerDeps {
  */
 export class CredentialIndex {
   readonly #serials = new Map<string, string>();
+  /** When each task's JWT-SVIDs are due for refresh (the Secret's annotation, or our last write). */
+  readonly #tokensDue = new Map<string, number>();
+  tokensRefreshAt(key: string): number | undefined {
+    return this.#tokensDue.get(key);
+  }
+  setTokensRefreshAt(key: string, at: number | undefined): void {
+    if (at === undefined || Number.isNaN(at)) this.#tokensDue.delete(key);
+    else this.#tokensDue.set(key, at);
+  }
   get(key: string): string | undefined {
     return this.#serials.get(key);
   }
   set(key: string, serial: string | undefined): void {
-    if (serial === undefined) this.#serials.delete(key);
-    else this.#serials.set(key, serial);
+    if (serial === undefined) {
+      this.#serials.delete(key);
+      this.#tokensDue.delete(key);
+    } else this.#serials.set(key, serial);
   }
   get size(): number {
     return this.#serials.size;
@@ -296,8 +315,15 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     switch (decision.kind) {
       case "done":
         return;
-      case "wait":
-        return { requeueAfterMs: Math.max(1000, decision.wakeAt - t) };
+      case "wait": {
+        const tokensDue = await refreshJwtSvids(
+          task,
+          key,
+          t,
+          accepted?.effectiveDeadline ?? task.spec.deadline,
+        );
+        return { requeueAfterMs: Math.max(1000, Math.min(decision.wakeAt, tokensDue) - t) };
+      }
       case "deny":
         return denyTask(task, key, decision.reason, decision.message, t, "issuance");
       case "expire":
@@ -385,6 +411,19 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       return { requeueAfterMs: 5 * 60_000 };
     }
 
+    // JWT-SVIDs ride with the certificate: same Secret write, never past its notAfter.
+    const jwts = deps.jwt?.wants(task)
+      ? await deps.jwt.mint({
+          task,
+          spiffeId,
+          chain,
+          policyVersion: "none",
+          certificateNotAfter: validity.notAfter,
+          deadline,
+          now: t,
+        })
+      : undefined;
+
     // The first issuance: say who asked and how the delegation was proven
     // (from the verified admission record). Not awaited on their own: the
     // stream is acknowledged in order, so awaiting `issued` below covers them.
@@ -415,15 +454,16 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       release();
     }
     async function issueAndDeliver() {
-      if (renewing) {
-        await record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain);
-      } else {
-        await record("dev.custody.task.issued", task, { certificate }, chain);
-      }
+      await Promise.all([
+        renewing
+          ? record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain)
+          : record("dev.custody.task.issued", task, { certificate }, chain),
+        jwts ? recordJwtSvids(task, spiffeId, jwts, chain) : undefined,
+      ]);
       deps.failpoint?.("after-issued-ack");
 
       try {
-        await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId);
+        await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId, jwts);
       } catch (err) {
         // Announced but not delivered: say so now (the retry mints anew). A
         // crash here instead is settled by the next leader (core/provenance/abandoned.ts).
@@ -503,7 +543,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       renewing ? "Renew" : "Issue",
       `certificate ${svid.serialHex} for ${spiffeId} valid until ${certificate.notAfter}`,
     );
-    const wakeAt = Math.min(validity.renewalTime, deadline ? Date.parse(deadline) : Number.POSITIVE_INFINITY);
+    const wakeAt = Math.min(
+      validity.renewalTime,
+      deadline ? Date.parse(deadline) : Number.POSITIVE_INFINITY,
+      jwts?.refreshAt ?? Number.POSITIVE_INFINITY,
+    );
     return { requeueAfterMs: Math.max(1000, wakeAt - now()) };
   }
 
@@ -710,6 +754,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     privateKeyPem: string,
     ca: CertificateAuthority,
     spiffeId: string,
+    jwts: MintedJwtSvids | undefined,
   ): Promise<void> {
     const ns = task.metadata.namespace ?? "";
     const secretName = credentialSecretName(task.metadata.name);
@@ -721,7 +766,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         name: secretName,
         namespace: ns,
         labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [TASK_LABEL]: task.metadata.name },
-        annotations: { [SERIAL_ANNOTATION]: svid.serialHex, [SPIFFE_ID_ANNOTATION]: spiffeId },
+        annotations: {
+          [SERIAL_ANNOTATION]: svid.serialHex,
+          [SPIFFE_ID_ANNOTATION]: spiffeId,
+          ...(jwts ? jwtAnnotations(jwts) : {}),
+        },
         ownerReferences: [
           {
             apiVersion: task.apiVersion,
@@ -739,6 +788,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         "tls.key": Buffer.from(privateKeyPem).toString("base64"),
         "ca.crt": Buffer.from(deps.trustAnchorsPem ?? ca.bundlePem).toString("base64"),
         "spiffe-id": Buffer.from(spiffeId).toString("base64"),
+        ...(jwts ? base64Values(jwts.files) : {}),
       },
     };
     const existing = deps.credentials.get(key);
@@ -758,6 +808,77 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       }
     }
     deps.credentials.set(key, svid.serialHex);
+    deps.credentials.setTokensRefreshAt(key, jwts?.refreshAt);
+  }
+
+  /**
+   * Keeps an Issued task's JWT-SVIDs fresh between certificate renewals:
+   * at half their life, new tokens (the key that signs now, never past the
+   * certificate) are recorded, then merged into the Secret. Returns when to
+   * look again.
+   */
+  async function refreshJwtSvids(
+    task: AgentTask,
+    key: string,
+    t: number,
+    deadline: string | undefined,
+  ): Promise<number> {
+    const never = Number.POSITIVE_INFINITY;
+    const cert = task.status?.certificate;
+    const spiffeId = task.status?.spiffeID;
+    const chain = task.status?.delegationChain;
+    if (!deps.jwt?.wants(task) || task.status?.phase !== "Issued" || !cert || !spiffeId || !chain)
+      return never;
+    if (deps.credentials.get(key) !== cert.serial) return never;
+    const due = deps.credentials.tokensRefreshAt(key);
+    if (due !== undefined && due > t) return due;
+    const notAfter = Date.parse(cert.notAfter);
+    // Too close to the certificate's end to be worth it: its renewal brings new tokens.
+    if (notAfter - t < 2000) return never;
+    const jwts = await deps.jwt.mint({
+      task,
+      spiffeId,
+      chain,
+      policyVersion: task.status?.policyVersion ?? "none",
+      certificateNotAfter: notAfter,
+      deadline,
+      now: t,
+    });
+    await recordJwtSvids(task, spiffeId, jwts, chain);
+    const ns = task.metadata.namespace ?? "";
+    try {
+      await rest.patch(secretPath(ns, credentialSecretName(task.metadata.name)), {
+        metadata: { annotations: jwtAnnotations(jwts) },
+        data: base64Values(jwts.files),
+      });
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      // Gone meanwhile: the next pass reissues the whole credential.
+      deps.credentials.set(key, undefined);
+      return t + 1000;
+    }
+    deps.credentials.setTokensRefreshAt(key, jwts.refreshAt);
+    return jwts.refreshAt;
+  }
+
+  function recordJwtSvids(
+    task: AgentTask,
+    spiffeId: string,
+    jwts: MintedJwtSvids,
+    chain: readonly ChainLink[],
+  ): Promise<void> {
+    return record(
+      "dev.custody.task.jwtsvid.issued",
+      task,
+      {
+        spiffeId,
+        kid: jwts.kid,
+        issuedAt: new Date(jwts.issuedAt).toISOString(),
+        expiresAt: new Date(jwts.expiresAt).toISOString(),
+        tokens: jwts.tokens,
+      },
+      chain,
+    );
   }
 
   async function deleteCredential(task: AgentTask, key: string): Promise<void> {
@@ -798,6 +919,16 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 }
 
 // ---------------------------------------------------------------- status builders
+
+function jwtAnnotations(jwts: MintedJwtSvids): Record<string, string> {
+  return { [JWT_REFRESH_ANNOTATION]: String(jwts.refreshAt), [JWT_KID_ANNOTATION]: jwts.kid };
+}
+
+function base64Values(files: Record<string, string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(files)) out[k] = Buffer.from(v).toString("base64");
+  return out;
+}
 
 type Lookup = (name: string) => AgentTask | undefined;
 

@@ -29,8 +29,8 @@ export const CONTENT_HASH_ANNOTATION = "custody.dev/content-sha256";
 export class TrustBundlePublisher {
   readonly #rest: KubeRest;
   readonly #log: Logger;
-  readonly #content: BundleContent;
-  readonly #hash: string;
+  #content: BundleContent;
+  #hash: string;
   /** Namespace → hash last written or confirmed there. */
   readonly #published = new Map<string, string>();
   readonly #inflight = new Map<string, Promise<void>>();
@@ -49,6 +49,22 @@ export class TrustBundlePublisher {
     if (contentHash === undefined || contentHash !== this.#published.get(namespace)) {
       this.#published.delete(namespace);
     }
+  }
+
+  /**
+   * Replaces what every namespace's bundle holds besides its revoked list
+   * (the JWT authorities rotate); ensure() publishes it.
+   */
+  setBase(content: BundleContent): boolean {
+    const hash = hashOf(content);
+    if (hash === this.#hash) return false;
+    this.#content = content;
+    this.#hash = hash;
+    for (const [ns, entry] of this.#withRevoked) {
+      const next = { ...content, "revoked.txt": entry.content["revoked.txt"] };
+      this.#withRevoked.set(ns, { content: next, hash: hashOf(next) });
+    }
+    return true;
   }
 
   /** Sets the namespace's revoked certificates; ensure() publishes them. */

@@ -2,9 +2,9 @@
  * What relying parties fetch: the OpenID Provider metadata (OpenID Connect
  * Discovery 1.0 §3, the fields a JWT validator reads) and the JWKS. Pure.
  */
-import { JWT_ALGORITHMS } from "./keys.ts";
-import { publicJwk, type JwtKey } from "./keys.ts";
+
 import { TOKEN_EXCHANGE_GRANT } from "./exchange.ts";
+import { JWT_ALGORITHMS, type JwtKey, publicJwk } from "./keys.ts";
 
 export const DISCOVERY_PATH = "/.well-known/openid-configuration";
 export const JWKS_PATH = "/keys";

@@ -10,7 +10,7 @@
  * RFC 6749 / 8693 error code and a description safe to return and record
  * (it never echoes a token).
  */
-import { errors as joseErrors, type JWTPayload, jwtVerify, SignJWT } from "jose";
+import { type JWTPayload, errors as joseErrors, jwtVerify, SignJWT } from "jose";
 import { z } from "zod";
 import { ValidationError } from "../errors.ts";
 import { formatGrant, type Grant, scopeIsSubset, validateScope } from "../scope.ts";
@@ -71,7 +71,8 @@ export interface ExchangeRequest {
  */
 export function parseExchangeRequest(form: URLSearchParams): ExchangeRequest {
   for (const name of new Set(form.keys())) {
-    if (form.getAll(name).length > 1) refuse("invalid_request", `parameter ${name} is repeated (RFC 6749 §3.2)`);
+    if (form.getAll(name).length > 1)
+      refuse("invalid_request", `parameter ${name} is repeated (RFC 6749 §3.2)`);
   }
   const grantType = form.get("grant_type");
   if (grantType === null) refuse("invalid_request", "grant_type is required");
@@ -88,7 +89,10 @@ export function parseExchangeRequest(form: URLSearchParams): ExchangeRequest {
     refuse("invalid_request", `subject_token_type must be ${JWT_TOKEN_TYPE} (the agent's JWT-SVID)`);
   }
   if (form.has("actor_token") || form.has("actor_token_type")) {
-    refuse("invalid_request", "actor_token is not accepted: the actor is the agent authenticated by its client certificate");
+    refuse(
+      "invalid_request",
+      "actor_token is not accepted: the actor is the agent authenticated by its client certificate",
+    );
   }
   const requested = form.get("requested_token_type");
   if (requested !== null && requested !== ACCESS_TOKEN_TYPE && requested !== JWT_TOKEN_TYPE) {
@@ -156,9 +160,13 @@ export async function verifySubjectToken(token: string, opts: SubjectTokenOption
       (header) => {
         kid = typeof header.kid === "string" ? header.kid : "";
         const key = opts.keyFor(kid);
-        if (!key) throw new ExchangeError("invalid_request", "subject_token: kid names no key of this issuer");
+        if (!key)
+          throw new ExchangeError("invalid_request", "subject_token: kid names no key of this issuer");
         if (header.alg !== key.alg) {
-          throw new ExchangeError("invalid_request", `subject_token: alg ${String(header.alg)} is not the key's ${key.alg}`);
+          throw new ExchangeError(
+            "invalid_request",
+            `subject_token: alg ${String(header.alg)} is not the key's ${key.alg}`,
+          );
         }
         return key.publicKey;
       },
@@ -184,7 +192,13 @@ export async function verifySubjectToken(token: string, opts: SubjectTokenOption
   if (last.kind !== "agent" || last.spiffeId !== payload.sub) {
     refuse("invalid_request", "subject_token: the custody chain does not end at the token's sub");
   }
-  return { sub: payload.sub!, jti: payload.jti!, exp: payload.exp! * 1000, kid, custody: claim as CustodyClaim };
+  return {
+    sub: payload.sub!,
+    jti: payload.jti!,
+    exp: payload.exp! * 1000,
+    kid,
+    custody: claim as CustodyClaim,
+  };
 }
 
 /** What jose found wrong, in words that never include the token. */
@@ -196,9 +210,11 @@ export function describeJoseError(err: unknown): string {
     if (err.claim === "typ") return "typ must be JWT (a JWT-SVID)";
     return `claim ${err.claim} is invalid (${err.reason})`;
   }
-  if (err instanceof joseErrors.JOSEAlgNotAllowed) return "alg is not allowed (only the issuer's asymmetric algorithms)";
+  if (err instanceof joseErrors.JOSEAlgNotAllowed)
+    return "alg is not allowed (only the issuer's asymmetric algorithms)";
   if (err instanceof joseErrors.JWSSignatureVerificationFailed) return "signature does not verify";
-  if (err instanceof joseErrors.JWSInvalid || err instanceof joseErrors.JWTInvalid) return "is not a well-formed signed JWT";
+  if (err instanceof joseErrors.JWSInvalid || err instanceof joseErrors.JWTInvalid)
+    return "is not a well-formed signed JWT";
   if (err instanceof joseErrors.JOSENotSupported) return "uses an unsupported algorithm or header";
   return "does not verify";
 }
@@ -258,25 +274,34 @@ export function decideExchange(args: {
   const t = task!;
   if (t.revoked || t.phase === "Revoked") refuse("invalid_request", "subject_token: its task is revoked");
   if (t.deleting) refuse("invalid_request", "subject_token: its task is being deleted");
-  if (t.phase !== "Issued") refuse("invalid_request", `subject_token: its task is ${t.phase ?? "not issued"}, not Issued`);
+  if (t.phase !== "Issued")
+    refuse("invalid_request", `subject_token: its task is ${t.phase ?? "not issued"}, not Issued`);
   if (t.spiffeId !== subject.sub) refuse("invalid_request", "subject_token: sub is not the task's SPIFFE ID");
   if (!t.liveSerials.includes(client.serialHex)) {
     refuse("invalid_client", "the client certificate is not a current certificate of the task");
   }
   if (!t.audiences.includes(request.audience)) {
-    refuse("invalid_target", `audience ${JSON.stringify(request.audience)} is not one of the task's spec.audiences`);
+    refuse(
+      "invalid_target",
+      `audience ${JSON.stringify(request.audience)} is not one of the task's spec.audiences`,
+    );
   }
   const taskScope = validateScope(t.scope, "spec.scope");
   const scope = request.scope ?? taskScope;
   const subset = scopeIsSubset(scope, taskScope);
   if (!subset.ok) {
-    refuse("invalid_scope", `scope ${JSON.stringify(formatGrant(subset.grant))} is not within the task's scope`);
+    refuse(
+      "invalid_scope",
+      `scope ${JSON.stringify(formatGrant(subset.grant))} is not within the task's scope`,
+    );
   }
   const cap = Math.min(args.maxTtlMs ?? MAX_OBO_TTL_MS, MAX_OBO_TTL_MS);
   const expiresAt =
-    Math.floor(Math.min(now + cap, t.certificateNotAfter ?? now, t.deadline ?? Number.POSITIVE_INFINITY) / 1000) *
-    1000;
-  if (expiresAt <= now) refuse("invalid_request", "subject_token: its task's credential has no lifetime left");
+    Math.floor(
+      Math.min(now + cap, t.certificateNotAfter ?? now, t.deadline ?? Number.POSITIVE_INFINITY) / 1000,
+    ) * 1000;
+  if (expiresAt <= now)
+    refuse("invalid_request", "subject_token: its task's credential has no lifetime left");
   const chain = subject.custody.chain;
   const agents = chain.filter((h) => h.kind === "agent").map((h) => h.spiffeId!);
   return {

@@ -68,6 +68,23 @@ export function publishedKeys(ring: KeyRingState, now: number, schedule: KeySche
   });
 }
 
+/**
+ * When the published set last changed at `now` (a key published, or a
+ * retired one dropped): a deterministic, increasing sequence number for the
+ * SPIFFE bundle, the same on every replica.
+ */
+export function publishedSince(ring: KeyRingState, now: number, schedule: KeySchedule): number {
+  const sorted = [...ring].sort(byActivation);
+  let last = 0;
+  sorted.forEach((k, i) => {
+    if (k.createdAt <= now) last = Math.max(last, k.createdAt);
+    const successor = sorted[i + 1];
+    const dropAt = successor ? successor.activateAt + schedule.retentionMs : Number.POSITIVE_INFINITY;
+    if (dropAt <= now) last = Math.max(last, dropAt);
+  });
+  return last;
+}
+
 export interface RotationPlan {
   readonly ring: KeyRingState;
   /** What changed, for the log (never key material). */
@@ -162,17 +179,32 @@ export function parseRing(text: string, field = "keys.json"): JwtKey[] {
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
     const at = [field, ...issue.path.map(String)].join(".");
-    throw new ValidationError(at, issue.code, `${at}: ${issue.code === "invalid_format" ? "malformed" : issue.message} (rule ${issue.code})`);
+    throw new ValidationError(
+      at,
+      issue.code,
+      `${at}: ${issue.code === "invalid_format" ? "malformed" : issue.message} (rule ${issue.code})`,
+    );
   }
   return parsed.data.keys.map((s, i) => {
     const privateKey = loadPrivateKey(s.privateKeyPem, `${field}.keys[${i}].privateKeyPem`);
     const publicKey = createPublicKey(privateKey);
     const kid = jwkThumbprint(publicKey);
     if (kid !== s.kid) {
-      throw new ValidationError(`${field}.keys[${i}].kid`, "thumbprint", `${field}.keys[${i}].kid: is not the key's thumbprint (rule thumbprint)`);
+      throw new ValidationError(
+        `${field}.keys[${i}].kid`,
+        "thumbprint",
+        `${field}.keys[${i}].kid: is not the key's thumbprint (rule thumbprint)`,
+      );
     }
     checkKeyFitsAlg(publicKey, s.alg, `${field}.keys[${i}].alg`);
-    return { kid, alg: s.alg, privateKey, publicKey, createdAt: Date.parse(s.createdAt), activateAt: Date.parse(s.activateAt) };
+    return {
+      kid,
+      alg: s.alg,
+      privateKey,
+      publicKey,
+      createdAt: Date.parse(s.createdAt),
+      activateAt: Date.parse(s.activateAt),
+    };
   });
 }
 
@@ -201,7 +233,9 @@ export function checkKeyFitsAlg(publicKey: KeyObject, alg: JwtAlgorithm, field: 
 export function publicJwk(k: JwtKey, use: "sig" | "jwt-svid" = "sig"): Record<string, string> {
   const jwk = k.publicKey.export({ format: "jwk" }) as Record<string, string>;
   const fields: Record<string, string> =
-    jwk.kty === "EC" ? { kty: jwk.kty, crv: jwk.crv!, x: jwk.x!, y: jwk.y! } : { kty: jwk.kty!, n: jwk.n!, e: jwk.e! };
+    jwk.kty === "EC"
+      ? { kty: jwk.kty, crv: jwk.crv!, x: jwk.x!, y: jwk.y! }
+      : { kty: jwk.kty!, n: jwk.n!, e: jwk.e! };
   return use === "sig" ? { ...fields, use, alg: k.alg, kid: k.kid } : { ...fields, use, kid: k.kid };
 }
 

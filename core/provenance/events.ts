@@ -149,7 +149,10 @@ export const EVENT_DATA_SCHEMAS = {
     kid: keyId,
     issuedAt: timestamp,
     expiresAt: timestamp,
-    tokens: z.array(z.strictObject({ audience: text(256), jti: uid })).min(1).max(32),
+    tokens: z
+      .array(z.strictObject({ audience: text(256), jti: uid }))
+      .min(1)
+      .max(32),
   }),
   /** An on-behalf-of token granted by token exchange (RFC 8693). */
   "dev.custody.task.token.exchanged": z.strictObject({

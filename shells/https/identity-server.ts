@@ -82,11 +82,16 @@ export async function startIdentityServer(opts: IdentityServerOptions): Promise<
     });
     req.on("end", () => {
       if (tooLarge) {
-        send(res, { status: 413, headers: { "content-type": "application/json" }, body: '{"error":"invalid_request","error_description":"body too large"}' });
+        send(res, {
+          status: 413,
+          headers: { "content-type": "application/json" },
+          body: '{"error":"invalid_request","error_description":"body too large"}',
+        });
         return;
       }
       const cert = socket.getPeerCertificate?.(true);
-      const hasCert = cert !== undefined && cert !== null && Object.keys(cert).length > 0 && cert.raw !== undefined;
+      const hasCert =
+        cert !== undefined && cert !== null && Object.keys(cert).length > 0 && cert.raw !== undefined;
       let peer: PeerCertificate | undefined;
       if (hasCert && socket.authorized) {
         const intermediates: Uint8Array[] = [];
@@ -113,7 +118,9 @@ export async function startIdentityServer(opts: IdentityServerOptions): Promise<
         .then(
           (r) => send(res, r),
           (err: unknown) => {
-            opts.log.error("identity endpoint handler failed", { error: err instanceof Error ? err.message : String(err) });
+            opts.log.error("identity endpoint handler failed", {
+              error: err instanceof Error ? err.message : String(err),
+            });
             send(res, {
               status: 500,
               headers: { "content-type": "application/json", "cache-control": "no-store" },

@@ -21,6 +21,7 @@ export interface OperatorProcess {
   readonly child: ChildProcess;
   readonly healthPort: number;
   readonly webhookPort: number;
+  readonly oidcPort: number;
   readonly logs: string[];
   readonly namespace: string;
   readonly topic: string;
@@ -58,6 +59,7 @@ export async function startOperator(
 ): Promise<OperatorProcess> {
   const healthPort = await freePort();
   const webhookPort = await freePort();
+  const oidcPort = await freePort();
   const logs: string[] = [];
   const entry = opts.compiled ? join(repo, "dist", "operator", "main.js") : join(repo, "operator", "main.ts");
   const child = spawn(
@@ -76,6 +78,7 @@ export async function startOperator(
         CUSTODY_LOG_LEVEL: "info",
         CUSTODY_WEBHOOK_ADDR: `127.0.0.1:${webhookPort}`,
         CUSTODY_WEBHOOK_URL: `https://127.0.0.1:${webhookPort}`,
+        CUSTODY_OIDC_ADDR: `127.0.0.1:${oidcPort}`,
         ...(opts.admission
           ? {
               CUSTODY_WEBHOOK_CONFIG_NAME: opts.admission.configName,
@@ -97,6 +100,7 @@ export async function startOperator(
     child,
     healthPort,
     webhookPort,
+    oidcPort,
     logs,
     namespace: opts.namespace,
     topic: opts.topic,

@@ -1,0 +1,399 @@
+// The identity endpoint: OIDC discovery and the JWKS for relying parties,
+// token exchange (RFC 8693) for agents. Served by every replica; each
+// replica records its exchanges on a stream of its own (one writer per
+// stream), and answers only once the event is acknowledged.
+import { createHash, randomUUID } from "node:crypto";
+import { isIP } from "node:net";
+import type { AgentTask } from "../core/api/v1alpha1.ts";
+import {
+  DISCOVERY_PATH,
+  discoveryDocument,
+  JWKS_PATH,
+  jwksDocument,
+  TOKEN_PATH,
+} from "../core/jwt/discovery.ts";
+import {
+  ACCESS_TOKEN_TYPE,
+  decideExchange,
+  ExchangeError,
+  parseExchangeRequest,
+  signOboToken,
+  type TaskFacts,
+  type VerifiedClient,
+  type VerifiedSubject,
+  verifySubjectToken,
+} from "../core/jwt/exchange.ts";
+import type { JwtKey } from "../core/jwt/keys.ts";
+import type { DelegationContext } from "../core/provenance/events.ts";
+import { parseTaskSpiffeId } from "../core/spiffe.ts";
+import { type CertificateAuthority, verifySvid, X509Error } from "../core/x509/index.ts";
+import {
+  type IdentityHandler,
+  type IdentityRequest,
+  type IdentityResponse,
+  type IdentityServer,
+  startIdentityServer,
+} from "../shells/https/identity-server.ts";
+import type { Logger } from "../shells/log.ts";
+import { WebhookServingCert } from "../webhook/serving-cert.ts";
+import type { ProvenanceRecorder } from "./provenance.ts";
+import { liveSerials } from "./task-reconciler.ts";
+
+export interface IdentityEndpointDeps {
+  issuer: string;
+  trustDomain: string;
+  keys: {
+    published(): JwtKey[];
+    signing(): JwtKey | undefined;
+  };
+  /** DER of the CA certificates an agent's X.509-SVID must chain to. */
+  trustAnchorsDer: () => readonly Uint8Array[];
+  getTask: (key: string) => AgentTask | undefined;
+  /** Records an exchange event; resolves once Kafka acknowledged it. */
+  recorder: () => Promise<Pick<ProvenanceRecorder, "record">>;
+  /** Cache-Control max-age of the JWKS: shorter than the time a new key is published before it signs. */
+  jwksMaxAgeSeconds: number;
+  /** How long an answer may wait for its event's acknowledgement before it fails closed. */
+  recordTimeoutMs?: number;
+  /** Refusals without an authenticated client recorded per second at most (the rest only counted). */
+  anonymousRefusalsPerSecond?: number;
+  log: Logger;
+  now?: () => number;
+}
+
+const JSON_TYPE = "application/json";
+const NO_STORE = { "content-type": JSON_TYPE, "cache-control": "no-store", pragma: "no-cache" };
+
+export function createIdentityHandler(
+  deps: IdentityEndpointDeps,
+): IdentityHandler & { dropped: () => number } {
+  const now = deps.now ?? Date.now;
+  const recordTimeoutMs = deps.recordTimeoutMs ?? 5_000;
+  const discovery = JSON.stringify(discoveryDocument(deps.issuer));
+  let dropped = 0;
+  const bucket = { tokens: deps.anonymousRefusalsPerSecond ?? 20, at: now() };
+
+  const json = (status: number, body: unknown, headers: Record<string, string>): IdentityResponse => ({
+    status,
+    headers,
+    body: JSON.stringify(body),
+  });
+
+  async function handle(req: IdentityRequest): Promise<IdentityResponse> {
+    if (req.path === DISCOVERY_PATH || req.path === JWKS_PATH) {
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        return json(405, { error: "method_not_allowed" }, { "content-type": JSON_TYPE, allow: "GET" });
+      }
+      if (req.path === DISCOVERY_PATH) {
+        return {
+          status: 200,
+          headers: { "content-type": JSON_TYPE, "cache-control": "public, max-age=3600" },
+          body: discovery,
+        };
+      }
+      const body = JSON.stringify(jwksDocument(deps.keys.published()));
+      const etag = `"${createHash("sha256").update(body).digest("base64url").slice(0, 22)}"`;
+      const headers = {
+        "content-type": "application/jwk-set+json",
+        "cache-control": `public, max-age=${deps.jwksMaxAgeSeconds}, must-revalidate`,
+        etag,
+      };
+      if (req.headers["if-none-match"] === etag) return { status: 304, headers, body: "" };
+      return { status: 200, headers, body };
+    }
+    if (req.path !== TOKEN_PATH) return json(404, { error: "not_found" }, { "content-type": JSON_TYPE });
+    if (req.method !== "POST") {
+      return json(
+        405,
+        { error: "invalid_request", error_description: "use POST" },
+        { ...NO_STORE, allow: "POST" },
+      );
+    }
+    return exchange(req);
+  }
+
+  async function exchange(req: IdentityRequest): Promise<IdentityResponse> {
+    const t = now();
+    let client: VerifiedClient | undefined;
+    let subject: VerifiedSubject | undefined;
+    let task: AgentTask | undefined;
+    let audience: string | undefined;
+    let subjectToken: string | undefined;
+    try {
+      client = authenticateClient(req, t);
+      if (!req.contentType.toLowerCase().startsWith("application/x-www-form-urlencoded")) {
+        throw new ExchangeError("invalid_request", "the body must be application/x-www-form-urlencoded");
+      }
+      const form = new URLSearchParams(req.body.toString("utf8"));
+      subjectToken = form.get("subject_token") ?? undefined;
+      audience = form.get("audience") ?? undefined;
+      const request = parseExchangeRequest(form);
+      const published = deps.keys.published();
+      subject = await verifySubjectToken(request.subjectToken, {
+        issuer: deps.issuer,
+        keyFor: (kid) => published.find((k) => k.kid === kid),
+        algorithms: [...new Set(published.map((k) => k.alg))],
+        now: t,
+      });
+      task = taskOf(subject.sub);
+      const grant = decideExchange({ subject, client, task: task && factsOf(task, t), request, now: t });
+      const key = deps.keys.signing();
+      if (!key) throw new ExchangeError("temporarily_unavailable", "no signing key is loaded yet");
+      const jti = randomUUID();
+      const accessToken = await signOboToken(key, {
+        issuer: deps.issuer,
+        grant,
+        jti,
+        custody: subject.custody,
+      });
+      await record(
+        "dev.custody.task.token.exchanged",
+        subject.sub,
+        {
+          context: contextOf(task!, subject),
+          audience: grant.audience,
+          scope: [...grant.scope],
+          jti,
+          kid: key.kid,
+          expiresAt: new Date(grant.expiresAt).toISOString(),
+          subject: grant.subject.name.slice(0, 640),
+          actors: [...grant.actors],
+          client: { spiffeId: client.spiffeId, serial: client.serialHex },
+          subjectTokenJti: subject.jti,
+        },
+        contextOf(task!, subject).rootUid,
+      ).catch((err: unknown) => {
+        deps.log.warn("token exchange not recorded: refused", {
+          error: err instanceof Error ? err.message : String(err),
+        });
+        throw new ExchangeError(
+          "temporarily_unavailable",
+          "the exchange could not be recorded; no token is issued without its provenance",
+        );
+      });
+      return json(
+        200,
+        {
+          access_token: accessToken,
+          issued_token_type: ACCESS_TOKEN_TYPE,
+          token_type: "Bearer",
+          expires_in: Math.max(1, Math.floor((grant.expiresAt - t) / 1000)),
+          scope: grant.scope.join(" "),
+        },
+        NO_STORE,
+      );
+    } catch (err) {
+      if (!(err instanceof ExchangeError)) throw err;
+      await recordRefusal(err, { client, subject, task, audience, subjectToken });
+      const headers: Record<string, string> = { ...NO_STORE };
+      if (err.status === 401) headers["www-authenticate"] = 'Mutual-TLS realm="custody"';
+      return json(err.status, { error: err.error, error_description: err.message }, headers);
+    }
+  }
+
+  function authenticateClient(req: IdentityRequest, t: number): VerifiedClient {
+    if (req.peerRejected) {
+      throw new ExchangeError("invalid_client", "the client certificate does not chain to Custody's CA");
+    }
+    if (!req.peer) {
+      throw new ExchangeError("invalid_client", "a client certificate (the agent's X.509-SVID) is required");
+    }
+    try {
+      const svid = verifySvid({
+        certDer: req.peer.der,
+        intermediates: [...req.peer.intermediates],
+        bundle: [...deps.trustAnchorsDer()],
+        now: new Date(t),
+      });
+      if (svid.trustDomain !== deps.trustDomain) {
+        throw new ExchangeError("invalid_client", "the client certificate is from another trust domain");
+      }
+      return { spiffeId: svid.spiffeId, serialHex: svid.serialHex };
+    } catch (err) {
+      if (err instanceof X509Error) {
+        throw new ExchangeError(
+          "invalid_client",
+          `the client certificate is not a valid X.509-SVID: ${err.message}`.slice(0, 512),
+        );
+      }
+      throw err;
+    }
+  }
+
+  function taskOf(spiffeId: string): AgentTask | undefined {
+    try {
+      const id = parseTaskSpiffeId(spiffeId, "sub");
+      if (id.trustDomain !== deps.trustDomain) return undefined;
+      const task = deps.getTask(`${id.namespace}/${id.task}`);
+      return task && task.spec.agent.name === id.agent ? task : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async function record(...args: Parameters<ProvenanceRecorder["record"]>): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const recorder = await deps.recorder();
+      await Promise.race([
+        recorder.record(...args),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`not acknowledged within ${recordTimeoutMs} ms`)),
+            recordTimeoutMs,
+          );
+        }),
+      ]);
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  }
+
+  async function recordRefusal(
+    err: ExchangeError,
+    seen: {
+      client: VerifiedClient | undefined;
+      subject: VerifiedSubject | undefined;
+      task: AgentTask | undefined;
+      audience: string | undefined;
+      subjectToken: string | undefined;
+    },
+  ): Promise<void> {
+    if (!seen.client) {
+      // Anyone can reach the endpoint: refusals of unauthenticated callers are
+      // rate-limited, so they cannot flood the provenance stream.
+      const t = now();
+      bucket.tokens = Math.min(
+        deps.anonymousRefusalsPerSecond ?? 20,
+        bucket.tokens + ((t - bucket.at) / 1000) * (deps.anonymousRefusalsPerSecond ?? 20),
+      );
+      bucket.at = t;
+      if (bucket.tokens < 1) {
+        dropped++;
+        return;
+      }
+      bucket.tokens -= 1;
+    }
+    const context =
+      seen.task && seen.subject && seen.task.metadata.uid === seen.subject.custody.taskUid
+        ? contextOf(seen.task, seen.subject)
+        : undefined;
+    try {
+      await record(
+        "dev.custody.task.token.refused",
+        seen.subject?.sub ?? seen.client?.spiffeId ?? "token-endpoint",
+        {
+          ...(context ? { context } : {}),
+          error: err.error,
+          description: err.message.slice(0, 1024),
+          ...(seen.audience ? { audience: seen.audience.slice(0, 256) } : {}),
+          ...(seen.client
+            ? { client: { spiffeId: seen.client.spiffeId, serial: seen.client.serialHex } }
+            : {}),
+          ...(seen.subjectToken
+            ? { subjectTokenSha256: createHash("sha256").update(seen.subjectToken).digest("hex") }
+            : {}),
+        },
+        context?.rootUid ?? seen.client?.spiffeId ?? "token-endpoint",
+      );
+    } catch (e) {
+      deps.log.warn("token exchange refusal not recorded", {
+        error: e instanceof Error ? e.message : String(e),
+      });
+    }
+  }
+
+  return Object.assign(handle, { dropped: () => dropped });
+}
+
+function factsOf(task: AgentTask, t: number): TaskFacts {
+  const s = task.status;
+  return {
+    uid: task.metadata.uid ?? "",
+    spiffeId: s?.spiffeID,
+    phase: s?.phase,
+    revoked: task.spec.revoked === true,
+    deleting: (task.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined,
+    audiences: task.spec.audiences ?? [],
+    scope: task.spec.scope,
+    liveSerials: liveSerials(task, t),
+    certificateNotAfter: s?.certificate ? Date.parse(s.certificate.notAfter) : undefined,
+    deadline: task.spec.deadline ? Date.parse(task.spec.deadline) : undefined,
+  };
+}
+
+/** Where an exchange sits in the delegation graph: the task's chain, as its token states it. */
+function contextOf(task: AgentTask, subject: VerifiedSubject): DelegationContext {
+  const uids = (task.status?.delegationChain ?? [])
+    .filter((l) => l.kind === "AgentTask")
+    .map((l) => l.uid || "unknown");
+  const taskUid = task.metadata.uid ?? subject.custody.taskUid;
+  const chainUids = uids.length > 0 && uids[uids.length - 1] === taskUid ? uids : [taskUid];
+  return {
+    taskUid,
+    namespace: task.metadata.namespace ?? "",
+    name: task.metadata.name,
+    chainUids,
+    rootUid: chainUids[0]!,
+    contextDigest: subject.custody.chainDigest,
+  };
+}
+
+// ---------------------------------------------------------------- serving
+
+export interface StartIdentityEndpointOptions extends Omit<IdentityEndpointDeps, "recorder"> {
+  addr: { host: string; port: number };
+  /** The Service that fronts the endpoint in the cluster, and more names for its serving certificate. */
+  service: { name: string; namespace: string };
+  dnsNames: readonly string[];
+  ca: () => CertificateAuthority;
+  trustAnchorsPem: string;
+  /** Opens this process's own exchange stream (called on first use, again after a failure). */
+  openRecorder: () => Promise<ProvenanceRecorder>;
+}
+
+export interface IdentityEndpoint {
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+export async function startIdentityEndpoint(opts: StartIdentityEndpointOptions): Promise<IdentityEndpoint> {
+  const issuerHost = new URL(opts.issuer).hostname.replace(/^\[|\]$/g, "");
+  const isIp = isIP(issuerHost) !== 0;
+  const cert = new WebhookServingCert({
+    ca: opts.ca,
+    service: opts.service,
+    dnsNames: [...opts.dnsNames, ...(isIp ? [] : [issuerHost]), "localhost"],
+    ipAddresses: ["127.0.0.1", ...(isIp ? [issuerHost] : [])],
+    onRotate: (c) => server?.setCertificate({ certPem: c.certPem, keyPem: c.keyPem }),
+    log: opts.log.child("serving-cert"),
+  });
+  // One stream per process, opened when the first exchange needs it.
+  let recorder: Promise<ProvenanceRecorder> | undefined;
+  const openRecorder = () => {
+    recorder ??= opts.openRecorder().catch((err: unknown) => {
+      recorder = undefined;
+      throw err;
+    });
+    return recorder;
+  };
+  const handler = createIdentityHandler({ ...opts, recorder: openRecorder });
+  let server: IdentityServer | undefined;
+  server = await startIdentityServer({
+    host: opts.addr.host,
+    port: opts.addr.port,
+    tls: { certPem: cert.current.certPem, keyPem: cert.current.keyPem },
+    clientCaPem: opts.trustAnchorsPem,
+    handler,
+    log: opts.log,
+  });
+  cert.start();
+  return {
+    port: server.port,
+    close: async () => {
+      cert.stop();
+      await server?.close();
+      if (recorder) await (await recorder.catch(() => undefined))?.close();
+    },
+  };
+}
