@@ -14,6 +14,7 @@ const benches: Array<[string, string[]]> = [
   ["cascade", [join(here, "cascade.ts")]],
   ["admission", [join(here, "admission.ts")]],
   ["audit", [join(here, "audit.ts")]],
+  ["jwt", [join(here, "jwt.ts")]],
 ];
 let failed = 0;
 for (const [name, argv] of benches) {

@@ -46,6 +46,7 @@ export type DenyReason =
   | "AncestorFailed"
   | "AncestorReplaced"
   | "ScopeEscalation"
+  | "AudienceEscalation"
   | "TtlExceedsParent"
   | "DeadlineExceedsParent";
 
@@ -283,6 +284,21 @@ function childWithinParent(
       `${field}: grant ${quote(formatGrant(subset.grant))} is not covered by any grant of parent ` +
         `${parentName} (${parentScope.map(formatGrant).join(", ")}); a child's scope must be a ` +
         `subset of its parent's (rule scope-subset)`,
+    );
+  }
+
+  // Each audience is a service the delegator let the parent reach: a child
+  // gets tokens for none its parent lacks.
+  const parentAudiences = parent.spec.audiences ?? [];
+  const extra = (child.spec.audiences ?? []).findIndex((a) => !parentAudiences.includes(a));
+  if (extra >= 0) {
+    const field = `spec.audiences[${extra}]`;
+    return deny(
+      "AudienceEscalation",
+      field,
+      `${field}: audience ${quote(child.spec.audiences![extra]!)} is not an audience of parent ${parentName} ` +
+        `(${parentAudiences.length > 0 ? parentAudiences.map(quote).join(", ") : "none"}); a child's audiences ` +
+        "must be a subset of its parent's (rule audiences-subset)",
     );
   }
 

@@ -75,14 +75,18 @@ stop_operator
 # Ports: the webhook's is in the chart's webhook.url, so a second run keeps it (when free).
 webhook_port=""
 health_port=""
+identity_port=""
 if [[ -f "$ports_file" ]]; then
-  read -r webhook_port health_port <"$ports_file" || true
+  read -r webhook_port health_port identity_port <"$ports_file" || true
   if [[ -n "$webhook_port" ]] && port_in_use "$webhook_port"; then webhook_port=""; fi
   if [[ -n "$health_port" ]] && port_in_use "$health_port"; then health_port=""; fi
+  if [[ -n "$identity_port" ]] && port_in_use "$identity_port"; then identity_port=""; fi
 fi
 [[ -n "$webhook_port" ]] || webhook_port="$(free_port)"
 [[ -n "$health_port" ]] || health_port="$(free_port)"
-echo "$webhook_port $health_port" >"$ports_file"
+[[ -n "$identity_port" ]] || identity_port="$(free_port)"
+echo "$webhook_port $health_port $identity_port" >"$ports_file"
+issuer="https://127.0.0.1:$identity_port"
 
 say "Installing the chart (release $release in namespace $op_ns)"
 info "webhook.url=https://127.0.0.1:$webhook_port: the API server calls the operator running outside the cluster"
@@ -94,6 +98,7 @@ cat >"$values" <<EOF
   "replicas": 0,
   "podDisruptionBudget": { "enabled": false },
   "kafka": { "brokers": "$CUSTODY_KAFKA_BROKERS", "partitions": 1 },
+  "identity": { "issuer": "$issuer" },
   "webhook": {
     "url": "https://127.0.0.1:$webhook_port",
     "namespaceSelector": {
@@ -152,6 +157,7 @@ op_env=(
   "PATH=$PATH" "HOME=$HOME" "${deployment_env[@]}"
   "CUSTODY_HEALTH_ADDR=127.0.0.1:$health_port"
   "CUSTODY_WEBHOOK_ADDR=127.0.0.1:$webhook_port"
+  "CUSTODY_OIDC_ADDR=127.0.0.1:$identity_port"
   "KUBECONFIG=$kubeconfig_op"
 )
 printf '%s\n' "${op_env[@]}" | grep -q '^CUSTODY_WEBHOOK_REGISTRATION=ca-bundle$' ||
@@ -232,6 +238,28 @@ mount="$(kubectl get pod code-reviewer -n agents -o jsonpath='{range .spec.conta
 info "injected: CUSTODY_SPIFFE_ID=$spiffe"
 info "credential mounted read-only at: $mount"
 info "(no kubelet here: the pod stays Pending, its spec shows the injection)"
+
+say "A JWT-SVID and an on-behalf-of token for the sub-agent (identity endpoint $issuer)"
+secret_field() { kubectl get secret custody-svid-review-pr-4821-linter -n agents -o "jsonpath={.data.$1}" | base64 -d; }
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+kubectl get configmap custody-trust-bundle -n agents -o jsonpath='{.data.ca\.crt}' >"$work/ca.crt"
+(umask 077 && secret_field 'tls\.crt' >"$work/tls.crt" && secret_field 'tls\.key' >"$work/tls.key")
+jwks_uri="$(curl -sf --cacert "$work/ca.crt" "$issuer/.well-known/openid-configuration" | "$node" -e 'process.stdout.write(JSON.parse(require("node:fs").readFileSync(0,"utf8")).jwks_uri)')"
+info "discovery: $issuer/.well-known/openid-configuration -> jwks_uri $jwks_uri"
+claims() { "$node" -e 'const t=require("node:fs").readFileSync(0,"utf8").trim(); const c=JSON.parse(Buffer.from(t.split(".")[1],"base64url")); console.log(JSON.stringify(c, ["iss","sub","aud","exp","scope","act","custody","chain","kind","name","spiffeId"], 2).replace(/^/gm,"    "))'; }
+info "JWT-SVID for https://api.github.example (file jwt-svid.https___api.github.example of the credential):"
+secret_field 'jwt-svid\.https___api\.github\.example' | claims
+answer="$(curl -s --cacert "$work/ca.crt" --cert "$work/tls.crt" --key "$work/tls.key" "$issuer/token" \
+  --data-urlencode "grant_type=urn:ietf:params:oauth:grant-type:token-exchange" \
+  --data-urlencode "subject_token_type=urn:ietf:params:oauth:token-type:jwt" \
+  --data-urlencode "subject_token=$(secret_field 'jwt-svid\.token-exchange')" \
+  --data-urlencode "audience=https://api.github.example" \
+  --data-urlencode "scope=read:repos/acme/api")"
+obo="$(printf '%s' "$answer" | "$node" -e 'const a=JSON.parse(require("node:fs").readFileSync(0,"utf8")); if(!a.access_token){console.error(JSON.stringify(a));process.exit(1)} process.stdout.write(a.access_token)')" ||
+  die "token exchange failed: $answer (log: $log_file)"
+info "token exchange (RFC 8693, mutual TLS with the sub-agent's X.509-SVID): alice at sub, the agents in act:"
+printf '%s' "$obo" | claims
 
 say "kubectl get at -n agents -o wide"
 kubectl get at -n agents -o wide

@@ -94,6 +94,7 @@ async function admitPod(deps: IdentityAdmissionDeps, request: AdmissionRequest):
       agent: task.spec.agent.name,
       task: name,
     }),
+    audiences: task.spec.audiences ?? [],
   };
   const patch = injectionPatch(pod, target);
 

@@ -184,6 +184,7 @@ async function admitWorkload(
         agent: taskObject.spec.agent.name,
         task,
       }),
+      audiences: taskObject.spec.audiences ?? [],
     },
     { pointer: template!.pointer, field: `${template!.field}.` },
   );

@@ -18,6 +18,7 @@
  */
 
 import { ValidationError } from "../errors.ts";
+import { audienceFileName, TOKEN_EXCHANGE_FILE } from "../jwt/audience-files.ts";
 import { CREDENTIAL_SECRET_PREFIX, TRUST_BUNDLE_CONFIGMAP } from "../names.ts";
 
 /** The pod annotation naming the containers to inject (comma-separated); absent: all regular containers. */
@@ -74,6 +75,8 @@ export interface InjectionTarget {
   spiffeId: string;
   /** Containers to inject; when absent, the pod's annotation decides (or all regular containers). */
   containers?: readonly string[];
+  /** The task's spec.audiences: each one's JWT-SVID, and the token-exchange one, are files of the volume too. */
+  audiences?: readonly string[];
 }
 
 /** Where the pod sits in the object being admitted: a pod is at the root, a workload's template under it. */
@@ -86,7 +89,13 @@ export interface InjectionLocation {
 
 const AT_ROOT: InjectionLocation = { pointer: "", field: "" };
 
-export function svidVolume(task: string): Record<string, unknown> {
+/** The JWT-SVID files of a task that names audiences (docs/jwt-svid.md); none otherwise. */
+function jwtSvidItems(audiences: readonly string[]): Array<{ key: string; path: string }> {
+  if (audiences.length === 0) return [];
+  return [TOKEN_EXCHANGE_FILE, ...audiences.map(audienceFileName)].map((f) => ({ key: f, path: f }));
+}
+
+export function svidVolume(task: string, audiences: readonly string[] = []): Record<string, unknown> {
   return {
     name: SVID_VOLUME_NAME,
     projected: {
@@ -102,6 +111,7 @@ export function svidVolume(task: string): Record<string, unknown> {
               { key: "tls.crt", path: SVID_FILES.cert },
               { key: "tls.key", path: SVID_FILES.key },
               { key: "ca.crt", path: SVID_FILES.bundle },
+              ...jwtSvidItems(audiences),
             ],
           },
         },
@@ -168,7 +178,7 @@ export function injectionPatch(
   // The volume.
   const volumesField = `${at.field}spec.volumes`;
   const volumes = arrayAt(spec, "volumes", volumesField);
-  const expectedVolume = svidVolume(target.task);
+  const expectedVolume = svidVolume(target.task, target.audiences);
   const ours = volumes.filter((v) => isObject(v) && v.name === SVID_VOLUME_NAME);
   if (ours.length === 0) {
     patch.push(

@@ -836,7 +836,7 @@ describe("chart: installed, with the operator running outside the cluster as the
     expect(deploymentEnv.CUSTODY_WEBHOOK_REGISTRATION).toBe("ca-bundle");
     expect(deploymentEnv.CUSTODY_WEBHOOK_CONFIG_NAME).toBe(fullname);
     expect(deploymentEnv.CUSTODY_WEBHOOK_URL).toBe(`https://127.0.0.1:${webhookPort}`);
-    const { CUSTODY_HEALTH_ADDR: _health, ...extraEnv } = deploymentEnv;
+    const { CUSTODY_HEALTH_ADDR: _health, CUSTODY_OIDC_ADDR: _identity, ...extraEnv } = deploymentEnv;
     const started = Date.now();
     operator = await startOperator(env, {
       namespace: ns,

@@ -209,6 +209,27 @@ describe("JWT-SVIDs", () => {
     expect(forExchange.payload.sub).toBe(child.status?.spiffeID);
   });
 
+  it("denies a sub-agent that names an audience its parent does not", async () => {
+    await bed.createTask(
+      body("wider", {
+        parentRef: { name: "child" },
+        scope: ["read:repos/acme/api"],
+        ttl: "30m",
+        audiences: [OTHER],
+      }),
+    );
+    const t = await bed.waitPhase<
+      Task & { status: { conditions?: Array<{ reason: string; message: string }> } }
+    >("wider", "Denied");
+    const reasons = (t.status.conditions ?? []).map((c) => `${c.reason}: ${c.message}`).join("\n");
+    expect(reasons).toMatch(/AudienceEscalation: spec\.audiences\[0\]/);
+    const secret = await core.readNamespacedSecret({ name: "custody-svid-wider", namespace: ns }).then(
+      () => "present",
+      (e: { code?: number }) => (e.code === 404 ? "absent" : String(e)),
+    );
+    expect(secret).toBe("absent");
+  });
+
   it("publishes the JWT authorities in the SPIFFE bundle and the JWKS with cache headers", async () => {
     const jwksRes = await https(`${issuer}/keys`);
     expect(jwksRes.status).toBe(200);

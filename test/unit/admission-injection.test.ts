@@ -100,6 +100,24 @@ describe("injectionPatch", () => {
     });
   });
 
+  it("projects a JWT-SVID file per audience, and the token-exchange one, for a task that names audiences", () => {
+    const withAudiences = { ...target, audiences: ["https://api.example", "billing"] };
+    const out = inject(pod({ containers: [{ name: "agent" }] }), withAudiences);
+    const volume = (
+      out.spec.volumes as Array<{ projected: { sources: Array<{ secret?: SecretSource }> } }>
+    )[0]!;
+    expect(volume.projected.sources[0]!.secret!.items).toEqual([
+      { key: "tls.crt", path: "tls.crt" },
+      { key: "tls.key", path: "tls.key" },
+      { key: "ca.crt", path: "ca.crt" },
+      { key: "jwt-svid.token-exchange", path: "jwt-svid.token-exchange" },
+      { key: "jwt-svid.https___api.example", path: "jwt-svid.https___api.example" },
+      { key: "jwt-svid.billing", path: "jwt-svid.billing" },
+    ]);
+    // A pod injected for the task without audiences carries other content: not silently accepted.
+    expect(() => injectionPatch(out, target)).toThrow(ValidationError);
+  });
+
   it("appends with `-` to lists that exist and keeps what is there", () => {
     const p = pod({
       volumes: [{ name: "data", emptyDir: {} }],

@@ -19,6 +19,7 @@ interface TaskOptions {
   deadline?: string;
   phase?: Phase | undefined;
   revoked?: boolean;
+  audiences?: string[];
   generation?: number;
   observedGeneration?: number;
   delegationChain?: ChainLink[];
@@ -40,6 +41,7 @@ function task(name: string, o: TaskOptions = {}): AgentTask {
       ...(o.parent !== undefined ? { parentRef: { name: o.parent } } : {}),
       ...(o.deadline !== undefined ? { deadline: o.deadline } : {}),
       ...(o.revoked !== undefined ? { revoked: o.revoked } : {}),
+      ...(o.audiences !== undefined ? { audiences: o.audiences } : {}),
     },
     status: {
       ...(phase !== undefined ? { phase } : {}),
@@ -219,6 +221,29 @@ describe("evaluateChain: denials", () => {
     expect(r).toMatchObject({ kind: "deny", reason: "ScopeEscalation", field: "spec.scope[1]" });
     expect(r.message).toMatch(/^spec\.scope\[1\]: grant "write:repos\/acme\/\*" is not covered/);
     expect(r.message).toContain("rule scope-subset");
+  });
+
+  it("denies a child naming an audience its parent does not, with the index", () => {
+    const root = task("root", { audiences: ["https://a.example", "https://b.example"] });
+    const child = task("child", {
+      parent: "root",
+      scope: ["read:repos/a"],
+      audiences: ["https://b.example", "https://c.example"],
+    });
+    const r = refused(evaluate([root, child]));
+    expect(r).toMatchObject({ kind: "deny", reason: "AudienceEscalation", field: "spec.audiences[1]" });
+    expect(r.message).toContain("rule audiences-subset");
+    // A parent with no audiences lets its children have none either.
+    const bare = refused(
+      evaluate([task("root"), task("child", { parent: "root", scope: ["read:repos/a"], audiences: ["x"] })]),
+    );
+    expect(bare).toMatchObject({ reason: "AudienceEscalation", field: "spec.audiences[0]" });
+    // The same audiences, or fewer, pass.
+    const ok = evaluate([
+      root,
+      task("child", { parent: "root", scope: ["read:repos/a"], audiences: ["https://a.example"] }),
+    ]);
+    expect(ok.ok).toBe(true);
   });
 
   it("does not let X/* cover X itself", () => {

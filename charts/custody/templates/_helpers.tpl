@@ -39,6 +39,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s-webhook" (include "custody.fullname" .) -}}
 {{- end -}}
 
+{{- define "custody.identityServiceName" -}}
+{{- printf "%s-identity" (include "custody.fullname" .) -}}
+{{- end -}}
+
+{{- define "custody.identityIssuer" -}}
+{{- if .Values.identity.issuer -}}
+{{- .Values.identity.issuer -}}
+{{- else -}}
+{{- printf "https://%s.%s.svc" (include "custody.identityServiceName" .) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "custody.metricsServiceName" -}}
 {{- printf "%s-metrics" (include "custody.fullname" .) -}}
 {{- end -}}
