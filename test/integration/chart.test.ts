@@ -756,6 +756,8 @@ describe("chart: installed, with the operator running outside the cluster as the
         "PodDisruptionBudget",
         "Role",
         "RoleBinding",
+        // webhook, identity endpoint, metrics
+        "Service",
         "Service",
         "Service",
         "ServiceAccount",
@@ -896,7 +898,13 @@ describe("chart: installed, with the operator running outside the cluster as the
         apiVersion: "custody.dev/v1alpha1",
         kind: "AgentTask",
         metadata: { name: "review" },
-        spec: { agent: { name: "coder" }, scope: ["read:repo/*"], serviceAccountName: "agent", ttl: "1h" },
+        spec: {
+          agent: { name: "coder" },
+          scope: ["read:repo/*"],
+          serviceAccountName: "agent",
+          ttl: "1h",
+          audiences: ["https://api.example"],
+        },
       }),
     );
     const task = await eventually(
@@ -917,7 +925,26 @@ describe("chart: installed, with the operator running outside the cluster as the
     const credential = await admin.get<{ data: Record<string, string> }>(
       `/api/v1/namespaces/${taskNs}/secrets/custody-svid-review`,
     );
-    expect(Object.keys(credential.data).sort()).toEqual(["ca.crt", "spiffe-id", "tls.crt", "tls.key"]);
+    expect(Object.keys(credential.data).sort()).toEqual([
+      "ca.crt",
+      "jwt-svid.https___api.example",
+      "jwt-svid.token-exchange",
+      "spiffe-id",
+      "tls.crt",
+      "tls.key",
+    ]);
+    // Its JWT-SVID names the chart's issuer (the identity Service) and the task's SPIFFE ID.
+    const jwtClaims = JSON.parse(
+      Buffer.from(
+        Buffer.from(credential.data["jwt-svid.https___api.example"]!, "base64").toString("utf8").split(".")[1]!,
+        "base64url",
+      ).toString("utf8"),
+    ) as { iss: string; sub: string; aud: string };
+    expect(jwtClaims).toMatchObject({
+      iss: `https://${fullname}-identity.${ns}.svc`,
+      sub: task.status?.spiffeID,
+      aud: "https://api.example",
+    });
     const bundle = await eventually(() =>
       admin.get<{ data: Record<string, string> }>(
         `/api/v1/namespaces/${taskNs}/configmaps/custody-trust-bundle`,
