@@ -235,8 +235,9 @@ function jwtSettings(c: z.output<typeof schema>): OperatorConfig["jwt"] {
   try {
     checkSchedule(schedule);
   } catch (err) {
+    // rotationPeriod: longer than publish-ahead, and short enough a ring (retention / period) to store.
     throw new Error(
-      `invalid operator configuration:\n  CUSTODY_JWT_KEY_ROTATION_SECONDS: must be longer than CUSTODY_JWT_KEY_PUBLISH_AHEAD_SECONDS (${(err as Error).message})`,
+      `invalid operator configuration:\n  CUSTODY_JWT_KEY_ROTATION_SECONDS: ${(err as Error).message.replace(/^rotationPeriod: /, "")}`,
     );
   }
   // Relying parties refresh at least twice while a new key waits to sign.

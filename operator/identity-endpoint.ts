@@ -234,9 +234,9 @@ export function createIdentityHandler(
   async function record(...args: Parameters<ProvenanceRecorder["record"]>): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     try {
-      const recorder = await deps.recorder();
+      // Opening the stream counts against the budget too (Kafka may be down).
       await Promise.race([
-        recorder.record(...args),
+        deps.recorder().then((recorder) => recorder.record(...args)),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
             () => reject(new Error(`not acknowledged within ${recordTimeoutMs} ms`)),
@@ -259,6 +259,8 @@ export function createIdentityHandler(
       subjectToken: string | undefined;
     },
   ): Promise<void> {
+    // The stream is what failed: recording that would only wait for it again.
+    if (err.error === "temporarily_unavailable") return;
     if (!seen.client) {
       // Anyone can reach the endpoint: refusals of unauthenticated callers are
       // rate-limited, so they cannot flood the provenance stream.

@@ -8,6 +8,7 @@ import { generateKeyPairSync } from "node:crypto";
 import {
   type JwtAlgorithm,
   type JwtKey,
+  jwtKeyId,
   type KeyRingState,
   type KeySchedule,
   parseRing,
@@ -16,7 +17,6 @@ import {
   serializeRing,
   signingKey,
 } from "../core/jwt/keys.ts";
-import { jwkThumbprint } from "../core/provenance/sign.ts";
 import { isAlreadyExists, isConflict, isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
 import { COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, secretPath } from "./resources.ts";
@@ -36,7 +36,7 @@ export function generateJwtKey(alg: JwtAlgorithm, createdAt: number, activateAt:
       : alg === "ES384"
         ? generateKeyPairSync("ec", { namedCurve: "P-384" })
         : generateKeyPairSync("rsa", { modulusLength: 3072 });
-  return { kid: jwkThumbprint(publicKey), alg, privateKey, publicKey, createdAt, activateAt };
+  return { kid: jwtKeyId(publicKey), alg, privateKey, publicKey, createdAt, activateAt };
 }
 
 export interface JwtKeyManagerOptions {

@@ -19,7 +19,7 @@
 import { createHash, createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import { z } from "zod";
 import { ValidationError } from "../errors.ts";
-import { jwkThumbprint } from "../provenance/sign.ts";
+import { canonicalize } from "../provenance/canonical-json.ts";
 
 export const JWT_ALGORITHMS = ["ES256", "ES384", "RS256", "PS256"] as const;
 export type JwtAlgorithm = (typeof JWT_ALGORITHMS)[number];
@@ -78,9 +78,12 @@ export function publishedSince(ring: KeyRingState, now: number, schedule: KeySch
   let last = 0;
   sorted.forEach((k, i) => {
     if (k.createdAt <= now) last = Math.max(last, k.createdAt);
-    const successor = sorted[i + 1];
-    const dropAt = successor ? successor.activateAt + schedule.retentionMs : Number.POSITIVE_INFINITY;
-    if (dropAt <= now) last = Math.max(last, dropAt);
+    // k's predecessor left the published set `retention` after k activated,
+    // whether or not it is still in the ring: only a first key (created
+    // signing, createdAt = activateAt) has none.
+    const hadPredecessor = i > 0 || k.activateAt > k.createdAt;
+    const dropAt = k.activateAt + schedule.retentionMs;
+    if (hadPredecessor && dropAt <= now) last = Math.max(last, dropAt);
   });
   return last;
 }
@@ -139,6 +142,17 @@ export function checkSchedule(s: KeySchedule): KeySchedule {
     fail("rotationPeriod", "longer-than-publish-ahead", "must be longer than the publish-ahead time");
   }
   if (!(s.retentionMs > 0)) fail("retention", "positive", "must be greater than 0");
+  // Retired keys are kept for `retention`: a period much shorter than that
+  // would grow the ring past what is stored.
+  const most = Math.ceil(s.retentionMs / s.rotationPeriodMs) + 2;
+  if (most > MAX_STORED_KEYS - 8) {
+    fail(
+      "rotationPeriod",
+      "ring-size",
+      `must be at least ${Math.ceil(s.retentionMs / (MAX_STORED_KEYS - 10) / 1000)} s: with a retention of ` +
+        `${Math.round(s.retentionMs / 1000)} s the ring would hold up to ${most} keys (at most ${MAX_STORED_KEYS - 8})`,
+    );
+  }
   return s;
 }
 
@@ -152,7 +166,8 @@ const storedKey = z.strictObject({
   createdAt: z.iso.datetime(),
   activateAt: z.iso.datetime(),
 });
-const storedRing = z.strictObject({ version: z.literal(1), keys: z.array(storedKey).max(64) });
+const MAX_STORED_KEYS = 64;
+const storedRing = z.strictObject({ version: z.literal(1), keys: z.array(storedKey).max(MAX_STORED_KEYS) });
 
 export function serializeRing(ring: KeyRingState): string {
   return JSON.stringify({
@@ -188,7 +203,8 @@ export function parseRing(text: string, field = "keys.json"): JwtKey[] {
   return parsed.data.keys.map((s, i) => {
     const privateKey = loadPrivateKey(s.privateKeyPem, `${field}.keys[${i}].privateKeyPem`);
     const publicKey = createPublicKey(privateKey);
-    const kid = jwkThumbprint(publicKey);
+    checkKeyFitsAlg(publicKey, s.alg, `${field}.keys[${i}].alg`);
+    const kid = jwtKeyId(publicKey);
     if (kid !== s.kid) {
       throw new ValidationError(
         `${field}.keys[${i}].kid`,
@@ -196,7 +212,6 @@ export function parseRing(text: string, field = "keys.json"): JwtKey[] {
         `${field}.keys[${i}].kid: is not the key's thumbprint (rule thumbprint)`,
       );
     }
-    checkKeyFitsAlg(publicKey, s.alg, `${field}.keys[${i}].alg`);
     return {
       kid,
       alg: s.alg,
@@ -227,6 +242,17 @@ export function checkKeyFitsAlg(publicKey: KeyObject, alg: JwtAlgorithm, field: 
         ? type === "ec" && curve === "secp384r1"
         : type === "rsa" && (publicKey.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048;
   if (!ok) throw new ValidationError(field, "key-type", `${field}: key does not fit ${alg} (rule key-type)`);
+}
+
+/** RFC 7638 SHA-256 thumbprint (base64url) of an EC or RSA public key: the JWT key id. */
+export function jwtKeyId(publicKey: KeyObject): string {
+  const jwk = publicKey.export({ format: "jwk" }) as Record<string, string>;
+  // The required members, sorted, no whitespace: exactly their JCS form.
+  const members =
+    jwk.kty === "EC"
+      ? { crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y }
+      : { e: jwk.e, kty: jwk.kty, n: jwk.n };
+  return createHash("sha256").update(canonicalize(members), "utf8").digest("base64url");
 }
 
 /** The public JWK of a key as a JWKS publishes it (`use: sig`). */
