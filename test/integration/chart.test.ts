@@ -936,7 +936,9 @@ describe("chart: installed, with the operator running outside the cluster as the
     // Its JWT-SVID names the chart's issuer (the identity Service) and the task's SPIFFE ID.
     const jwtClaims = JSON.parse(
       Buffer.from(
-        Buffer.from(credential.data["jwt-svid.https___api.example"]!, "base64").toString("utf8").split(".")[1]!,
+        Buffer.from(credential.data["jwt-svid.https___api.example"]!, "base64")
+          .toString("utf8")
+          .split(".")[1]!,
         "base64url",
       ).toString("utf8"),
     ) as { iss: string; sub: string; aud: string };
