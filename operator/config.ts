@@ -100,6 +100,11 @@ const schema = z.object({
     .optional(),
   /** Extra DNS names for the identity endpoint's serving certificate (minted from the Custody CA). */
   CUSTODY_OIDC_DNS_NAMES: z.string().default(""),
+  /** Where agents reach token exchange when not at the issuer (e.g. the issuer is a public proxy). */
+  CUSTODY_OIDC_TOKEN_ENDPOINT: z.url({ protocol: /^https$/, error: "must be an https:// URL" }).optional(),
+  /** A serving certificate of your own (PEM) instead of one minted from the Custody CA; both or neither. */
+  CUSTODY_OIDC_TLS_CERT_FILE: z.string().min(1).optional(),
+  CUSTODY_OIDC_TLS_KEY_FILE: z.string().min(1).optional(),
   /** The Service that fronts the identity endpoint (its names go into the serving certificate). */
   CUSTODY_OIDC_SERVICE: z
     .string()
@@ -147,6 +152,8 @@ export interface OperatorConfig {
   oidc: {
     addr: { host: string; port: number };
     issuer: string;
+    tokenEndpoint: string | undefined;
+    tlsFiles: { certFile: string; keyFile: string } | undefined;
     dnsNames: string[];
     service: string;
   };
@@ -218,8 +225,19 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
         .map((s) => s.trim())
         .filter(Boolean),
       service: c.CUSTODY_OIDC_SERVICE,
+      tokenEndpoint: c.CUSTODY_OIDC_TOKEN_ENDPOINT,
+      tlsFiles: tlsFilesOf(c.CUSTODY_OIDC_TLS_CERT_FILE, c.CUSTODY_OIDC_TLS_KEY_FILE),
     },
   };
+}
+
+function tlsFilesOf(certFile: string | undefined, keyFile: string | undefined) {
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    throw new Error(
+      "invalid operator configuration:\n  CUSTODY_OIDC_TLS_CERT_FILE: must be set together with CUSTODY_OIDC_TLS_KEY_FILE",
+    );
+  }
+  return certFile && keyFile ? { certFile, keyFile } : undefined;
 }
 
 function jwtSettings(c: z.output<typeof schema>): OperatorConfig["jwt"] {

@@ -3,6 +3,7 @@
 // replica records its exchanges on a stream of its own (one writer per
 // stream), and answers only once the event is acknowledged.
 import { createHash, randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
 import {
@@ -18,6 +19,7 @@ import {
   ExchangeError,
   parseExchangeRequest,
   signOboToken,
+  subjectOf,
   type TaskFacts,
   type VerifiedClient,
   type VerifiedSubject,
@@ -41,6 +43,8 @@ import { liveSerials } from "./task-reconciler.ts";
 
 export interface IdentityEndpointDeps {
   issuer: string;
+  /** Where agents reach the token endpoint, when not at the issuer (discovery says so). */
+  tokenEndpoint?: string;
   trustDomain: string;
   keys: {
     published(): JwtKey[];
@@ -69,7 +73,11 @@ export function createIdentityHandler(
 ): IdentityHandler & { dropped: () => number } {
   const now = deps.now ?? Date.now;
   const recordTimeoutMs = deps.recordTimeoutMs ?? 5_000;
-  const discovery = JSON.stringify(discoveryDocument(deps.issuer));
+  const discovery = JSON.stringify(discoveryDocument(deps.issuer, deps.tokenEndpoint));
+  // An issuer with a path (https://id.example.com/custody) serves under it; the bare paths work too.
+  const prefix = new URL(deps.issuer).pathname.replace(/\/+$/, "");
+  const local = (path: string) =>
+    prefix && path.startsWith(`${prefix}/`) ? path.slice(prefix.length) : path;
   let dropped = 0;
   const bucket = { tokens: deps.anonymousRefusalsPerSecond ?? 20, at: now() };
 
@@ -79,7 +87,8 @@ export function createIdentityHandler(
     body: JSON.stringify(body),
   });
 
-  async function handle(req: IdentityRequest): Promise<IdentityResponse> {
+  async function handle(request: IdentityRequest): Promise<IdentityResponse> {
+    const req = { ...request, path: local(request.path) };
     if (req.path === DISCOVERY_PATH || req.path === JWKS_PATH) {
       if (req.method !== "GET" && req.method !== "HEAD") {
         return json(405, { error: "method_not_allowed" }, { "content-type": JSON_TYPE, allow: "GET" });
@@ -136,7 +145,8 @@ export function createIdentityHandler(
         now: t,
       });
       task = taskOf(subject.sub);
-      const grant = decideExchange({ subject, client, task: task && factsOf(task, t), request, now: t });
+      const facts = task && { ...factsOf(task, t), ...ancestorsOf(task, subject) };
+      const grant = decideExchange({ subject, client, task: facts, request, now: t });
       const key = deps.keys.signing();
       if (!key) throw new ExchangeError("temporarily_unavailable", "no signing key is loaded yet");
       const jti = randomUUID();
@@ -156,7 +166,7 @@ export function createIdentityHandler(
           jti,
           kid: key.kid,
           expiresAt: new Date(grant.expiresAt).toISOString(),
-          subject: grant.subject.name.slice(0, 640),
+          subject: subjectOf(grant.subject).slice(0, 640),
           actors: [...grant.actors],
           client: { spiffeId: client.spiffeId, serial: client.serialHex },
           subjectTokenJti: subject.jti,
@@ -183,17 +193,28 @@ export function createIdentityHandler(
         NO_STORE,
       );
     } catch (err) {
-      if (!(err instanceof ExchangeError)) throw err;
-      await recordRefusal(err, { client, subject, task, audience, subjectToken });
+      // A fault is refused and recorded like any refusal (never an unrecorded 500 with a stack).
+      const refusal =
+        err instanceof ExchangeError
+          ? err
+          : new ExchangeError("server_error", "the exchange failed inside Custody");
+      if (!(err instanceof ExchangeError)) {
+        deps.log.error("token exchange failed", { error: err instanceof Error ? err.message : String(err) });
+      }
+      await recordRefusal(refusal, { client, subject, task, audience, subjectToken });
+
       const headers: Record<string, string> = { ...NO_STORE };
-      if (err.status === 401) headers["www-authenticate"] = 'Mutual-TLS realm="custody"';
-      return json(err.status, { error: err.error, error_description: err.message }, headers);
+      if (refusal.status === 401) headers["www-authenticate"] = 'Mutual-TLS realm="custody"';
+      return json(refusal.status, { error: refusal.error, error_description: refusal.message }, headers);
     }
   }
 
   function authenticateClient(req: IdentityRequest, t: number): VerifiedClient {
     if (req.peerRejected) {
-      throw new ExchangeError("invalid_client", "the client certificate does not chain to Custody's CA");
+      throw new ExchangeError(
+        "invalid_client",
+        `the client certificate was not accepted (${req.peerError ?? "it does not chain to Custody's CA"})`,
+      );
     }
     if (!req.peer) {
       throw new ExchangeError("invalid_client", "a client certificate (the agent's X.509-SVID) is required");
@@ -218,6 +239,24 @@ export function createIdentityHandler(
       }
       throw err;
     }
+  }
+
+  /** The agents above the task, as its token names them, must still hold their delegation. */
+  function ancestorsOf(task: AgentTask, subject: VerifiedSubject): { ancestorProblem?: string } {
+    const ns = task.metadata.namespace ?? "";
+    const agents = subject.custody.chain.filter((h) => h.kind === "agent").slice(0, -1);
+    for (const hop of agents) {
+      const a = deps.getTask(`${ns}/${hop.name}`);
+      if (!a) return { ancestorProblem: `ancestor ${hop.name} no longer exists` };
+      if (a.spec.revoked === true || a.status?.phase === "Revoked")
+        return { ancestorProblem: `ancestor ${hop.name} is revoked` };
+      if ((a.metadata as { deletionTimestamp?: string }).deletionTimestamp) {
+        return { ancestorProblem: `ancestor ${hop.name} is being deleted` };
+      }
+      if (a.status?.phase !== "Issued")
+        return { ancestorProblem: `ancestor ${hop.name} is ${a.status?.phase ?? "not issued"}` };
+    }
+    return {};
   }
 
   function taskOf(spiffeId: string): AgentTask | undefined {
@@ -272,6 +311,10 @@ export function createIdentityHandler(
       bucket.at = t;
       if (bucket.tokens < 1) {
         dropped++;
+        // Counted, and said in the log now and then: a flood is visible even though it is not streamed.
+        if (dropped % 100 === 1) {
+          deps.log.warn("refusals of unauthenticated callers not recorded (rate limit)", { dropped });
+        }
         return;
       }
       bucket.tokens -= 1;
@@ -352,10 +395,18 @@ export interface StartIdentityEndpointOptions extends Omit<IdentityEndpointDeps,
   trustAnchorsPem: string;
   /** Opens this process's own exchange stream (called on first use, again after a failure). */
   openRecorder: () => Promise<ProvenanceRecorder>;
+  /**
+   * A serving certificate and key of the platform's own (PEM files, e.g. a
+   * public certificate for the issuer's host), re-read when they change;
+   * otherwise one is minted from the Custody CA and renewed at half-life.
+   */
+  tlsFiles?: { certFile: string; keyFile: string };
 }
 
 export interface IdentityEndpoint {
   readonly port: number;
+  /** The last acknowledged event of this process's exchange stream (for checkpoints). */
+  ackedHead(): ProvenanceRecorder["ackedHead"];
   close(): Promise<void>;
 }
 
@@ -380,19 +431,55 @@ export async function startIdentityEndpoint(opts: StartIdentityEndpointOptions):
     return recorder;
   };
   const handler = createIdentityHandler({ ...opts, recorder: openRecorder });
+  const readFiles = () =>
+    opts.tlsFiles
+      ? {
+          certPem: readFileSync(opts.tlsFiles.certFile, "utf8"),
+          keyPem: readFileSync(opts.tlsFiles.keyFile, "utf8"),
+        }
+      : undefined;
+  let fromFiles = readFiles();
   let server: IdentityServer | undefined;
   server = await startIdentityServer({
     host: opts.addr.host,
     port: opts.addr.port,
-    tls: { certPem: cert.current.certPem, keyPem: cert.current.keyPem },
+    tls: fromFiles ?? { certPem: cert.current.certPem, keyPem: cert.current.keyPem },
     clientCaPem: opts.trustAnchorsPem,
     handler,
     log: opts.log,
   });
-  cert.start();
+  let reload: NodeJS.Timeout | undefined;
+  if (fromFiles) {
+    reload = setInterval(() => {
+      try {
+        const next = readFiles()!;
+        if (next.certPem === fromFiles!.certPem && next.keyPem === fromFiles!.keyPem) return;
+        server?.setCertificate(next);
+        fromFiles = next;
+        opts.log.info("identity endpoint serving certificate reloaded from its files");
+      } catch (err) {
+        opts.log.warn("identity endpoint serving certificate not reloaded", {
+          error: (err as Error).message,
+        });
+      }
+    }, 60_000);
+    reload.unref();
+  } else {
+    cert.start();
+  }
+  let opened: ProvenanceRecorder | undefined;
   return {
     port: server.port,
+    ackedHead: () => {
+      if (!opened && recorder)
+        void recorder.then(
+          (r) => (opened = r),
+          () => undefined,
+        );
+      return opened?.ackedHead;
+    },
     close: async () => {
+      if (reload) clearInterval(reload);
       cert.stop();
       await server?.close();
       if (recorder) await (await recorder.catch(() => undefined))?.close();

@@ -24,7 +24,7 @@ import { startAdmissionWebhook } from "./admission.ts";
 import { loadOrCreateCa } from "./ca-store.ts";
 import { loadOperatorConfig } from "./config.ts";
 import { boundPort, serveHealth } from "./health.ts";
-import { startIdentityEndpoint } from "./identity-endpoint.ts";
+import { type IdentityEndpoint, startIdentityEndpoint } from "./identity-endpoint.ts";
 import { JwtKeyManager } from "./jwt-keys.ts";
 import { createJwtSvidMinter, JWT_REFRESH_ANNOTATION } from "./jwt-svids.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
@@ -117,6 +117,7 @@ async function main(): Promise<void> {
     },
   };
 
+  let identityEndpoint: IdentityEndpoint | undefined;
   const anchor = new ProvenanceAnchor(
     rest,
     config.namespace,
@@ -129,6 +130,15 @@ async function main(): Promise<void> {
       .catch((err: unknown) => log.warn("provenance checkpoint not anchored", { error: errorText(err) }));
   const checkpointTimer = setInterval(() => {
     if (leading) void anchorHead();
+    // Every replica's exchange stream is checkpointed too, so its truncation shows in verify.
+    const exchanges = identityEndpoint?.ackedHead();
+    if (exchanges) {
+      anchor
+        .anchor(exchanges)
+        .catch((err: unknown) =>
+          log.warn("exchange stream checkpoint not anchored", { error: errorText(err) }),
+        );
+    }
   }, config.checkpointIntervalMs);
   checkpointTimer.unref();
 
@@ -397,7 +407,7 @@ async function main(): Promise<void> {
   );
   jwtKeyTick.unref();
 
-  const identityEndpoint = await startIdentityEndpoint({
+  identityEndpoint = await startIdentityEndpoint({
     addr: config.oidc.addr,
     issuer: config.oidc.issuer,
     trustDomain: config.trustDomain,
@@ -412,6 +422,8 @@ async function main(): Promise<void> {
       return c ? (JSON.parse(c.json) as AgentTask) : undefined;
     },
     jwksMaxAgeSeconds: config.jwt.jwksMaxAgeSeconds,
+    ...(config.oidc.tokenEndpoint ? { tokenEndpoint: config.oidc.tokenEndpoint } : {}),
+    ...(config.oidc.tlsFiles ? { tlsFiles: config.oidc.tlsFiles } : {}),
     openRecorder: () =>
       createKafkaRecorder({
         brokers: config.kafka.brokers,
@@ -803,7 +815,7 @@ async function main(): Promise<void> {
       bundleMaps.stop(),
       pods.stop(),
       admission.close(),
-      identityEndpoint.close(),
+      identityEndpoint?.close(),
     ]);
     health.close();
     rest.close();

@@ -454,15 +454,17 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       release();
     }
     async function issueAndDeliver() {
-      await Promise.all([
-        renewing
-          ? record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain)
-          : record("dev.custody.task.issued", task, { certificate }, chain),
-        jwts ? recordJwtSvids(task, spiffeId, jwts, chain) : undefined,
-      ]);
+      if (renewing) {
+        await record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain);
+      } else {
+        await record("dev.custody.task.issued", task, { certificate }, chain);
+      }
       deps.failpoint?.("after-issued-ack");
 
       try {
+        // The JWT-SVIDs' own event, before they exist anywhere but in memory;
+        // if it fails, the announced certificate is not delivered either.
+        if (jwts) await recordJwtSvids(task, spiffeId, jwts, chain);
         await writeCredential(task, key, svid, keyPair.privateKeyPem, ca, spiffeId, jwts);
       } catch (err) {
         // Announced but not delivered: say so now (the retry mints anew). A
@@ -473,7 +475,10 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
           {
             serial: svid.serialHex,
             // Only the status code and reason: an API error's message may echo object fields.
-            reason: `the credential Secret could not be written (${err instanceof KubeApiError ? `${err.code} ${err.reason}` : "connection error"})`,
+            reason:
+              err instanceof KubeApiError
+                ? `the credential Secret could not be written (${err.code} ${err.reason})`
+                : "the credential was not delivered (its JWT-SVIDs' event or the Secret write failed)",
           },
           chain,
         ).catch(() => undefined);
@@ -846,12 +851,30 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     });
     await recordJwtSvids(task, spiffeId, jwts, chain);
     const ns = task.metadata.namespace ?? "";
+    // A JSON patch that first tests the serial: tokens land only beside the
+    // certificate they were minted for, never on a Secret a renewal (or a
+    // new leader) has replaced meanwhile.
+    const ops: Array<{ op: string; path: string; value?: unknown }> = [
+      { op: "test", path: `/metadata/annotations/${pointer(SERIAL_ANNOTATION)}`, value: cert.serial },
+      ...Object.entries(jwtAnnotations(jwts)).map(([k, v]) => ({
+        op: "add",
+        path: `/metadata/annotations/${pointer(k)}`,
+        value: v,
+      })),
+      ...Object.entries(base64Values(jwts.files)).map(([k, v]) => ({
+        op: "add",
+        path: `/data/${pointer(k)}`,
+        value: v,
+      })),
+    ];
     try {
-      await rest.patch(secretPath(ns, credentialSecretName(task.metadata.name)), {
-        metadata: { annotations: jwtAnnotations(jwts) },
-        data: base64Values(jwts.files),
-      });
+      await rest.patch(secretPath(ns, credentialSecretName(task.metadata.name)), ops, "json");
     } catch (err) {
+      // 422: the test failed (another certificate now); the next pass looks again.
+      if (err instanceof KubeApiError && err.code === 422) {
+        deps.credentials.setTokensRefreshAt(key, undefined);
+        return t + 1000;
+      }
       if (!isNotFound(err)) throw err;
       // Gone meanwhile: the next pass reissues the whole credential.
       deps.credentials.set(key, undefined);
@@ -923,6 +946,9 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 function jwtAnnotations(jwts: MintedJwtSvids): Record<string, string> {
   return { [JWT_REFRESH_ANNOTATION]: String(jwts.refreshAt), [JWT_KID_ANNOTATION]: jwts.kid };
 }
+
+/** A JSON Pointer segment (RFC 6901). */
+const pointer = (segment: string) => segment.replaceAll("~", "~0").replaceAll("/", "~1");
 
 function base64Values(files: Record<string, string>): Record<string, string> {
   const out: Record<string, string> = {};

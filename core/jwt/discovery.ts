@@ -15,11 +15,19 @@ export function endpointUrl(issuer: string, path: string): string {
   return `${issuer.replace(/\/+$/, "")}${path}`;
 }
 
-export function discoveryDocument(issuer: string): Record<string, unknown> {
+/**
+ * `tokenEndpoint` may differ from the issuer's host: discovery and the JWKS
+ * can sit behind a public proxy while token exchange, which needs the
+ * agent's client certificate end to end, is reached directly.
+ */
+export function discoveryDocument(
+  issuer: string,
+  tokenEndpoint = endpointUrl(issuer, TOKEN_PATH),
+): Record<string, unknown> {
   return {
     issuer,
     jwks_uri: endpointUrl(issuer, JWKS_PATH),
-    token_endpoint: endpointUrl(issuer, TOKEN_PATH),
+    token_endpoint: tokenEndpoint,
     grant_types_supported: [TOKEN_EXCHANGE_GRANT],
     token_endpoint_auth_methods_supported: ["tls_client_auth"],
     tls_client_certificate_bound_access_tokens: false,

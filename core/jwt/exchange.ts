@@ -235,6 +235,12 @@ export interface TaskFacts {
   readonly certificateNotAfter: number | undefined;
   /** The effective deadline (ms), if any. */
   readonly deadline: number | undefined;
+  /**
+   * Set when an agent above the task in its chain is gone, revoked, being
+   * deleted or no longer Issued: its delegation no longer holds, even before
+   * the cascade has reached this task.
+   */
+  readonly ancestorProblem?: string;
 }
 
 export interface VerifiedClient {
@@ -280,6 +286,7 @@ export function decideExchange(args: {
   if (!t.liveSerials.includes(client.serialHex)) {
     refuse("invalid_client", "the client certificate is not a current certificate of the task");
   }
+  if (t.ancestorProblem) refuse("invalid_request", `subject_token: ${t.ancestorProblem}`);
   if (!t.audiences.includes(request.audience)) {
     refuse(
       "invalid_target",
@@ -315,6 +322,16 @@ export function decideExchange(args: {
   };
 }
 
+/**
+ * The OBO token's `sub`: the root principal qualified by its kind
+ * (`user:alice`, `workflow:nightly-triage`, `group:sre`,
+ * `serviceaccount:system:serviceaccount:ns:sa`), so that a workflow or group
+ * that happens to share a user's name can never be read as that user.
+ */
+export function subjectOf(root: ChainHop): string {
+  return `${root.kind}:${root.name}`;
+}
+
 /** The RFC 8693 `act` claim: the current actor outermost, earlier actors nested deeper. */
 export function actClaim(actors: readonly string[]): Record<string, unknown> | undefined {
   let act: Record<string, unknown> | undefined;
@@ -336,7 +353,7 @@ export function signOboToken(
   })
     .setProtectedHeader({ alg: key.alg, kid: key.kid, typ: "at+jwt" })
     .setIssuer(args.issuer)
-    .setSubject(grant.subject.name)
+    .setSubject(subjectOf(grant.subject))
     .setAudience(grant.audience)
     .setIssuedAt(Math.floor(grant.issuedAt / 1000))
     .setExpirationTime(Math.floor(grant.expiresAt / 1000))

@@ -15,7 +15,7 @@ import type { JwtKey } from "./keys.ts";
 /** The default and longest lifetime of a JWT-SVID and of an on-behalf-of token. */
 export const DEFAULT_JWT_TTL_MS = 5 * 60_000;
 export const MAX_JWT_TTL_MS = 60 * 60_000;
-export const MIN_JWT_TTL_MS = 30_000;
+export const MIN_JWT_TTL_MS = 60_000;
 /** The OBO token's lifetime cap (the floor: at most 5 minutes). */
 export const MAX_OBO_TTL_MS = 5 * 60_000;
 

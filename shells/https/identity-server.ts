@@ -25,6 +25,8 @@ export interface IdentityRequest {
   readonly peer: PeerCertificate | undefined;
   /** True when the client sent a certificate the TLS layer could not verify. */
   readonly peerRejected: boolean;
+  /** Why the TLS layer did not verify it (OpenSSL's reason, e.g. CERT_HAS_EXPIRED). */
+  readonly peerError?: string;
   readonly contentType: string;
   readonly body: Buffer;
   readonly headers: IncomingMessage["headers"];
@@ -69,6 +71,17 @@ export async function startIdentityServer(opts: IdentityServerOptions): Promise<
 
   server.on("request", (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket as TLSSocket;
+    // A declared body past the limit is refused before it is read.
+    if (Number(req.headers["content-length"] ?? 0) > MAX_FORM_BYTES) {
+      res.setHeader("connection", "close");
+      send(res, {
+        status: 413,
+        headers: { "content-type": "application/json" },
+        body: '{"error":"invalid_request","error_description":"body too large"}',
+      });
+      req.destroy();
+      return;
+    }
     const chunks: Buffer[] = [];
     let size = 0;
     let tooLarge = false;
@@ -109,6 +122,9 @@ export async function startIdentityServer(opts: IdentityServerOptions): Promise<
         path: (req.url ?? "/").split("?")[0] ?? "/",
         peer,
         peerRejected: hasCert && !socket.authorized,
+        ...(hasCert && !socket.authorized && socket.authorizationError
+          ? { peerError: String(socket.authorizationError) }
+          : {}),
         contentType: String(req.headers["content-type"] ?? ""),
         body: Buffer.concat(chunks),
         headers: req.headers,

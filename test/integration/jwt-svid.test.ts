@@ -273,7 +273,7 @@ describe("token exchange", () => {
       typ: "at+jwt",
     });
     expect(protectedHeader.typ).toBe("at+jwt");
-    expect(payload.sub).toBe("alice");
+    expect(payload.sub).toBe("user:alice");
     expect(payload.act).toEqual({ sub: child.status?.spiffeID, act: { sub: root.status?.spiffeID } });
     expect(payload.scope).toBe("read:repos/acme/api");
     expect(payload.exp! - payload.iat!).toBeLessThanOrEqual(300);
@@ -287,7 +287,7 @@ describe("token exchange", () => {
     ).then((records) => {
       const event = records.map((r) => JSON.parse(r.value)).find((e) => e.data?.jti === payload.jti);
       expect(event.data.actors).toEqual([child.status?.spiffeID, root.status?.spiffeID]);
-      expect(event.data.subject).toBe("alice");
+      expect(event.data.subject).toBe("user:alice");
       // Never a token in the stream.
       expect(JSON.stringify(event)).not.toContain(String(res.json.access_token).split(".")[2]);
     });

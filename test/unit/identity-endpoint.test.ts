@@ -109,6 +109,11 @@ function setup(over: Partial<IdentityEndpointDeps> & { recorderCalls?: Call[] } 
   const clock = { t: T };
   const taskLookups: string[] = [];
   const current = task();
+  // The agent above it in the chain: Issued, so its delegation holds.
+  const parent = {
+    ...task(),
+    metadata: { name: "plan-1", namespace: "team-a", uid: "uid-plan" },
+  } as AgentTask;
   const deps: IdentityEndpointDeps = {
     issuer: ISSUER,
     trustDomain: "custody.local",
@@ -116,6 +121,7 @@ function setup(over: Partial<IdentityEndpointDeps> & { recorderCalls?: Call[] } 
     trustAnchorsDer: () => ca.bundleDer,
     getTask: (k) => {
       taskLookups.push(k);
+      if (k === "team-a/plan-1") return parent;
       return k === "team-a/review-42" ? current : undefined;
     },
     recorder: rec.open,
@@ -341,7 +347,7 @@ describe("token exchange", () => {
       currentDate: new Date(T),
     });
     expect(protectedHeader.kid).toBe(key.kid);
-    expect(payload.sub).toBe("alice@example.com");
+    expect(payload.sub).toBe("user:alice@example.com");
     expect(payload.act).toEqual({ sub: SUB, act: { sub: PARENT } });
 
     const call = rec.calls[0]!;
@@ -354,7 +360,7 @@ describe("token exchange", () => {
       jti: payload.jti,
       kid: key.kid,
       expiresAt: new Date((payload.exp as number) * 1000).toISOString(),
-      subject: "alice@example.com",
+      subject: "user:alice@example.com",
       actors: [SUB, PARENT],
       client: { spiffeId: SUB, serial: minted.serialHex },
       subjectTokenJti: "svid-jti-1",
@@ -529,7 +535,8 @@ describe("refusals", () => {
   it("looks the task up by the namespace and name of sub", async () => {
     const s = setup();
     await s.handler(tokenRequest(form(await subjectToken())));
-    expect(s.taskLookups).toEqual(["team-a/review-42"]);
+    // The task first, then each agent above it in the token's chain.
+    expect(s.taskLookups).toEqual(["team-a/review-42", "team-a/plan-1"]);
   });
 
   it("answers even when a refusal cannot be recorded", async () => {
@@ -566,5 +573,24 @@ describe("refusals", () => {
     for (let i = 0; i < 5; i++) await handler(anonymous);
     expect(calls).toHaveLength(8);
     expect(handler.dropped()).toBe(5);
+  });
+});
+
+describe("token exchange under a revoked ancestor", () => {
+  it("refuses as soon as an agent above the task is revoked, before the cascade reaches it", async () => {
+    const revokedParent = {
+      ...task({ spec: { revoked: true } }),
+      metadata: { name: "plan-1", namespace: "team-a", uid: "uid-plan" },
+    } as AgentTask;
+    const current = task();
+    const { handler, calls } = setup({
+      getTask: (k) =>
+        k === "team-a/plan-1" ? revokedParent : k === "team-a/review-42" ? current : undefined,
+    });
+    const r = await handler(tokenRequest(form(await subjectToken())));
+    expect(r.status).toBe(400);
+    expect(bodyOf(r)).toMatchObject({ error: "invalid_request" });
+    expect(String(bodyOf(r).error_description)).toContain("ancestor plan-1 is revoked");
+    expect(calls.map((c) => c.type)).toEqual(["dev.custody.task.token.refused"]);
   });
 });

@@ -23,6 +23,7 @@ import {
   MAX_TOKEN_LENGTH,
   parseExchangeRequest,
   signOboToken,
+  subjectOf,
   type TaskFacts,
   TOKEN_EXCHANGE_GRANT,
   type VerifiedClient,
@@ -588,7 +589,8 @@ describe("signOboToken", () => {
     expect(protectedHeader).toEqual({ alg: "ES256", kid: key.kid, typ: "at+jwt" });
     expect(payload).toEqual({
       iss: ISSUER,
-      sub: "alice@example.com",
+      // Kind-qualified: a workflow or group named like a user is never read as that user.
+      sub: "user:alice@example.com",
       aud: "https://api.example",
       iat: Math.floor(NOW / 1000),
       exp: Math.floor(grant.expiresAt / 1000),
@@ -806,5 +808,18 @@ describe("discovery documents", () => {
     expect(text).not.toContain(d);
     expect(jwks.keys[2]).toMatchObject({ kty: "RSA", alg: "RS256", e: "AQAB" });
     expect(jwksDocument([])).toEqual({ keys: [] });
+  });
+});
+
+describe("subjectOf", () => {
+  it("qualifies the root principal by its kind, so equal names of different kinds never collide", () => {
+    const names = [
+      subjectOf({ kind: "user", name: "alice" }),
+      subjectOf({ kind: "workflow", name: "alice" }),
+      subjectOf({ kind: "group", name: "alice" }),
+      subjectOf({ kind: "serviceaccount", name: "alice" }),
+    ];
+    expect(names[0]).toBe("user:alice");
+    expect(new Set(names).size).toBe(4);
   });
 });
