@@ -505,7 +505,33 @@ export const AgentTaskStatusSchema = z
       .string()
       .max(MAX_IDENTIFIER_LENGTH)
       .optional()
-      .describe("Digest of the policy version that decided."),
+      .describe("Digest of the policies in force when the credential was decided (sha256:…), or none."),
+    policies: kube(
+      z
+        .array(
+          z.object({
+            kind: z.enum(["AgentPolicy", "ClusterAgentPolicy"]).describe("Policy kind."),
+            namespace: z.string().max(63).optional().describe("Namespace of an AgentPolicy."),
+            name: z.string().min(1).max(253).describe("Policy name."),
+            version: z.string().max(80).describe("sha256:<hex> of its content."),
+          })
+          .describe("One policy in force."),
+        )
+        .max(64),
+      { "x-kubernetes-list-type": "atomic" },
+    )
+      .optional()
+      .describe("The policies in force at the last decision."),
+    grantedScope: kube(z.array(z.string().max(MAX_GRANT_LENGTH)).max(MAX_SCOPE_GRANTS), {
+      "x-kubernetes-list-type": "atomic",
+    })
+      .optional()
+      .describe("The scope the certificate carries: spec.scope less what policy dropped."),
+    grantedTtl: z
+      .string()
+      .max(MAX_TTL_LENGTH)
+      .optional()
+      .describe("The lifetime policy allowed the certificate: spec.ttl or a policy's shorter maxTtl."),
     observedGeneration: z.int().min(0).optional().describe("The .metadata.generation the status reflects."),
     conditions: kube(z.array(ConditionSchema).max(MAX_CONDITIONS), {
       "x-kubernetes-list-type": "map",

@@ -117,6 +117,45 @@ export const EVENT_DATA_SCHEMAS = {
     policyVersion: text(128),
     decision: z.enum(["allow", "deny"]),
     reasons: z.array(text(1024)).max(64),
+    /** Where it ran: issuance (or renewal), or a re-evaluation after a policy changed. */
+    stage: z.enum(["issuance", "renewal", "policy-change"]).optional(),
+    /** The policies in force: kind/namespace/name@version. */
+    policies: z.array(text(512)).max(64).optional(),
+    maxTtl: text(32).optional(),
+    dropped: grants.optional(),
+  }),
+  /** A policy change revoked the task's credential. */
+  "dev.custody.task.policy.revoked": z.strictObject({
+    ...base,
+    policyVersion: text(128),
+    serials: z.array(serial).max(1024),
+    reasons: z.array(text(1024)).min(1).max(64),
+  }),
+  /** A decision of the decision endpoint (AuthZEN Access Evaluation). */
+  "dev.custody.task.action.decided": z.strictObject({
+    ...base,
+    policyVersion: text(128),
+    decision: z.enum(["allow", "deny"]),
+    reasons: z.array(text(1024)).max(64),
+    action: text(256),
+    resource: z.strictObject({ type: text(256), id: text(1024) }),
+    /** Who asked: the agent itself (mTLS), or a resource server (its authenticated name). */
+    caller: z.strictObject({ kind: z.enum(["agent", "resource-server"]), name: text(512) }),
+    /** How the agent's credential reached Custody. */
+    credential: z.enum(["x509-svid", "jwt-svid"]),
+    /** SHA-256 of the request's context object (canonical JSON): recorded as a digest, not raw. */
+    contextSha256: hex64.optional(),
+  }),
+  /** What was done, as reported to the decision endpoint. */
+  "dev.custody.task.action.performed": z.strictObject({
+    ...base,
+    action: text(256),
+    resource: z.strictObject({ type: text(256), id: text(1024) }),
+    outcome: text(64).optional(),
+    reporter: z.strictObject({ kind: z.enum(["agent", "resource-server"]), name: text(512) }),
+    /** The agent reported about itself: a claim, not an observation. */
+    selfReported: z.boolean(),
+    contextSha256: hex64.optional(),
   }),
   "dev.custody.task.issued": z.strictObject({ ...base, certificate }),
   "dev.custody.task.renewed": z.strictObject({ ...base, certificate, previousSerial: serial }),
