@@ -74,6 +74,8 @@ export function delegationInfo(args: {
   spec: AgentTaskSpec;
   chain: readonly ChainLink[];
   policyVersion: string;
+  /** The scope policy left (spec.scope less what a scopeCeiling dropped); default spec.scope. */
+  grantedScope?: readonly string[];
 }): DelegationInfo {
   const { delegator } = args;
   return {
@@ -83,7 +85,7 @@ export function delegationInfo(args: {
       name: delegator.name,
       ...(delegator.uid ? { uid: delegator.uid } : {}),
     },
-    scope: args.spec.scope,
+    scope: args.grantedScope ?? args.spec.scope,
     chainDigest: chainDigest(args.chain),
     // Hops between the principal and this task: 0 for a root task.
     chainDepth: Math.max(0, args.chain.length - 2),

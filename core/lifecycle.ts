@@ -21,7 +21,12 @@ export interface CredentialObservation {
   readonly serial: string | undefined;
 }
 
-export type IssueReason = "NoCertificate" | "SpecChanged" | "RenewalDue" | "CredentialMissing";
+export type IssueReason =
+  | "NoCertificate"
+  | "SpecChanged"
+  | "RenewalDue"
+  | "CredentialMissing"
+  | "PolicyChanged";
 
 export type Decision =
   /** The spec breaks a rule: no credential, phase Denied with the field and rule. */

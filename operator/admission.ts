@@ -13,6 +13,7 @@ import { createCachedAccessReview } from "../shells/kube/authorization.ts";
 import { isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
 import type { UserInfo } from "../webhook/admission.ts";
+import { createAgentPolicyAdmission } from "../webhook/agentpolicy.ts";
 import { type AgentTaskAdmissionDeps, createAgentTaskAdmission, type PodView } from "../webhook/agenttask.ts";
 import { type AssertionVerifier, createAssertionVerifier } from "../webhook/assertions.ts";
 import { JtiStore, ReplayError } from "../webhook/jti-store.ts";
@@ -120,6 +121,7 @@ export function createAdmissionRoutes(input: AdmissionHandlersInput) {
     routes: {
       "/admit/agenttasks": createAgentTaskAdmission(agentTaskDeps),
       "/admit/pods": createPodAdmission({ ...identityDeps, controllerUsernames: POD_CONTROLLER_USERNAMES }),
+      "/admit/agentpolicies": createAgentPolicyAdmission(),
       "/admit/workloads": createWorkloadAdmission({
         ...identityDeps,
         controllerUsernames: WORKLOAD_CONTROLLER_USERNAMES,

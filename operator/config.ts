@@ -105,6 +105,14 @@ const schema = z.object({
   /** A serving certificate of your own (PEM) instead of one minted from the Custody CA; both or neither. */
   CUSTODY_OIDC_TLS_CERT_FILE: z.string().min(1).optional(),
   CUSTODY_OIDC_TLS_KEY_FILE: z.string().min(1).optional(),
+  /** With no AgentPolicy or ClusterAgentPolicy in force: allow within the task's scope, or deny. */
+  CUSTODY_POLICY_DEFAULT: z.enum(["allow", "deny"]).default("allow"),
+  /** Wall time one policy's rules may take per decision; past it the policy denies. */
+  CUSTODY_POLICY_BUDGET_MS: z.coerce.number().min(0.1).max(1000).default(5),
+  /** Who may ask the decision endpoint about agents: Kubernetes usernames (e.g. system:serviceaccount:gw:gateway), comma-separated. */
+  CUSTODY_AUTHZEN_CALLERS: z.string().default(""),
+  /** Reports of what was done, per agent per second (a burst of ten times that). */
+  CUSTODY_REPORTS_PER_SECOND: z.coerce.number().min(0.1).max(10_000).default(10),
   /** The Service that fronts the identity endpoint (its names go into the serving certificate). */
   CUSTODY_OIDC_SERVICE: z
     .string()
@@ -142,6 +150,13 @@ export interface OperatorConfig {
   recordMaxSkewMs: number;
   checkpointIntervalMs: number;
   failpoint: "after-issued-ack" | undefined;
+  policy: {
+    defaultDecision: "allow" | "deny";
+    budgetMs: number;
+    /** Kubernetes usernames allowed to call the decision endpoint about agents (resource servers, gateways). */
+    authzenCallers: string[];
+    reportsPerSecond: number;
+  };
   jwt: {
     alg: JwtAlgorithm;
     ttlMs: number;
@@ -218,6 +233,14 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
     checkpointIntervalMs: c.CUSTODY_CHECKPOINT_INTERVAL_SECONDS * 1000,
     failpoint: c.CUSTODY_FAILPOINT,
     jwt: jwtSettings(c),
+    policy: {
+      defaultDecision: c.CUSTODY_POLICY_DEFAULT,
+      budgetMs: c.CUSTODY_POLICY_BUDGET_MS,
+      authzenCallers: c.CUSTODY_AUTHZEN_CALLERS.split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+      reportsPerSecond: c.CUSTODY_REPORTS_PER_SECOND,
+    },
     oidc: {
       addr: { host: oidcHost, port: oidcPort },
       issuer: (c.CUSTODY_OIDC_ISSUER ?? `https://${c.CUSTODY_OIDC_ADDR}`).replace(/\/+$/, ""),

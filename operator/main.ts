@@ -4,10 +4,18 @@
 import { randomBytes, X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
 import { SVID_VOLUME_NAME } from "../core/admission/injection.ts";
-import { type AgentTask, API_VERSION } from "../core/api/v1alpha1.ts";
+import {
+  createRecordVerifier,
+  REQUESTER_RECORD_ANNOTATION,
+  type RequesterRecord,
+} from "../core/admission/record.ts";
+import { type AgentPolicy, CLUSTER_POLICY_PLURAL, POLICY_PLURAL } from "../core/api/policy.ts";
+import { type AgentTask, API_VERSION, GROUP, VERSION } from "../core/api/v1alpha1.ts";
 import { spiffeBundleJson } from "../core/delegation.ts";
 import { publicJwk, publishedSince } from "../core/jwt/keys.ts";
 import { ADMISSION_KEY_SECRET } from "../core/names.ts";
+import type { CompiledPolicy } from "../core/policy/compile.ts";
+import { selects } from "../core/policy/decide.ts";
 import { findAbandoned } from "../core/provenance/abandoned.ts";
 import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
 import { verifyStreams } from "../core/provenance/verify.ts";
@@ -28,6 +36,7 @@ import { type IdentityEndpoint, startIdentityEndpoint } from "./identity-endpoin
 import { JwtKeyManager } from "./jwt-keys.ts";
 import { createJwtSvidMinter, JWT_REFRESH_ANNOTATION } from "./jwt-svids.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
+import { PolicyStore, selectionFacts } from "./policies.ts";
 import { createKafkaRecorder, deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
 import { ProvenanceAnchor } from "./provenance-anchor.ts";
 import {
@@ -35,6 +44,7 @@ import {
   credentialSecretName,
   MANAGED_BY,
   MANAGED_BY_LABEL,
+  policyStatusPath,
   SERIAL_ANNOTATION,
   TASK_LABEL,
   TRUST_BUNDLE_CONFIGMAP,
@@ -237,6 +247,36 @@ async function main(): Promise<void> {
     logger: log.child("informer"),
   });
 
+  const policyStore = new PolicyStore({
+    defaultDecision: config.policy.defaultDecision,
+    budgetMs: config.policy.budgetMs,
+  });
+  const agentPolicies = new Informer<AgentPolicy>({
+    name: "agentpolicies",
+    listWatch: restListWatch(rest, `/apis/${GROUP}/${VERSION}/${POLICY_PLURAL}`),
+    logger: log.child("informer"),
+  });
+  const clusterPolicies = new Informer<AgentPolicy>({
+    name: "clusteragentpolicies",
+    listWatch: restListWatch(rest, `/apis/${GROUP}/${VERSION}/${CLUSTER_POLICY_PLURAL}`),
+    logger: log.child("informer"),
+  });
+  /** The requester record as the webhook signed it (labels at creation), when it verifies. */
+  const recordOf = (t: AgentTask): RequesterRecord | undefined => {
+    try {
+      return recordVerifier(t.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION], {
+        namespace: t.metadata.namespace ?? "",
+        name: t.metadata.name,
+        uid: t.metadata.uid,
+        spec: t.spec as unknown as Record<string, unknown>,
+        creationTimestamp: t.metadata.creationTimestamp,
+      });
+    } catch {
+      return undefined;
+    }
+  };
+  const recordVerifier = createRecordVerifier(admissionKeys, config.recordMaxSkewMs);
+
   const metrics = new OperatorMetrics();
   // Every replica serves admission (the Service balances; a standby answers
   // at once); only the leader writes the registration.
@@ -297,6 +337,7 @@ async function main(): Promise<void> {
     }),
     log: log.child("reconciler"),
     metrics,
+    policies: policyStore,
   });
   let leading = false;
   const queue = new WorkQueue({
@@ -511,11 +552,56 @@ async function main(): Promise<void> {
   });
   log.info("health endpoints listening", { addr: `${config.healthAddr.host}:${boundPort(health)}` });
 
+  // Policies: compiled once per version; a change re-evaluates the tasks the
+  // old or the new version selects (revoke, reissue narrower, or record).
+  const onPolicy = (before: CompiledPolicy | undefined, after: CompiledPolicy | undefined) => {
+    if (!tasks.hasSynced()) return;
+    for (const c of tasks.list()) {
+      const t = JSON.parse(c.json) as AgentTask;
+      const facts = selectionFacts(
+        t,
+        recordOf(t),
+        t.status?.delegationChain,
+        t.status?.delegator?.groups ?? [],
+      );
+      if ((before && selects(before, facts)) || (after && selects(after, facts))) enqueue(objectKey(c));
+    }
+  };
+  const writePolicyStatus = (p: AgentPolicy, version: string) => {
+    if (!leading || (p.status?.version === version && p.status?.observedGeneration === p.metadata.generation))
+      return;
+    const path = policyStatusPath(p);
+    rest
+      .patch(path, { status: { version, observedGeneration: p.metadata.generation ?? 0 } })
+      .catch((err: unknown) => log.debug("policy status not written", { path, error: errorText(err) }));
+  };
+  for (const informer of [agentPolicies, clusterPolicies]) {
+    informer.onAdd((p) => {
+      const { before, after } = policyStore.upsert(p);
+      writePolicyStatus(p, after.version);
+      if (before?.version !== after.version) onPolicy(before, after);
+    });
+    informer.onUpdate((_old, p) => {
+      const { before, after } = policyStore.upsert(p);
+      writePolicyStatus(p, after.version);
+      if (before?.version !== after.version) onPolicy(before, after);
+    });
+    informer.onDelete((p) => onPolicy(policyStore.remove(p), undefined));
+  }
+
   // Credentials first, so that the first pass over the tasks knows which
-  // Secrets exist and does not re-issue what is already issued.
+  // Secrets exist and does not re-issue what is already issued. Policies too:
+  // no credential is decided before the policies in force are known.
   secrets.start();
   bundleMaps.start();
-  await Promise.all([secrets.waitForSync(), bundleMaps.waitForSync()]);
+  agentPolicies.start();
+  clusterPolicies.start();
+  await Promise.all([
+    secrets.waitForSync(),
+    bundleMaps.waitForSync(),
+    agentPolicies.waitForSync(),
+    clusterPolicies.waitForSync(),
+  ]);
   // parent → children, so that a change to a task reaches its whole subtree
   // at once (a revoked root revokes 1,000 descendants in one pass, not one
   // level per round trip).
@@ -810,6 +896,8 @@ async function main(): Promise<void> {
     if (elector) await elector.stop();
     else await stopLeading();
     await Promise.all([
+      agentPolicies.stop(),
+      clusterPolicies.stop(),
       tasks.stop(),
       secrets.stop(),
       bundleMaps.stop(),

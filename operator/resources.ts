@@ -24,3 +24,11 @@ export const secretPath = (ns: string, name?: string): string =>
 export const configMapPath = (ns: string, name?: string): string =>
   `/api/v1/namespaces/${enc(ns)}/configmaps${name ? `/${enc(name)}` : ""}`;
 export const eventsPath = (ns: string): string => `/apis/events.k8s.io/v1/namespaces/${enc(ns)}/events`;
+/** The status subresource of an AgentPolicy (namespaced) or ClusterAgentPolicy. */
+export const policyStatusPath = (p: {
+  kind: string;
+  metadata: { name: string; namespace?: string };
+}): string =>
+  p.kind === "ClusterAgentPolicy"
+    ? `/apis/${GROUP}/${VERSION}/clusteragentpolicies/${enc(p.metadata.name)}/status`
+    : `/apis/${GROUP}/${VERSION}/namespaces/${enc(p.metadata.namespace ?? "")}/agentpolicies/${enc(p.metadata.name)}/status`;

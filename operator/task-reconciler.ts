@@ -27,8 +27,10 @@ import type {
 } from "../core/api/v1alpha1.ts";
 import { type ChainAccepted, DEFAULT_MAX_DEPTH, evaluateChain } from "../core/chain.ts";
 import { chainDigest, delegationInfo, rootChain } from "../core/delegation.ts";
+import { DEFAULT_TTL, formatDuration, parseTtl } from "../core/duration.ts";
 import { ValidationError } from "../core/errors.ts";
 import { type Decision, decide, sameStatus, setCondition, validityWindow } from "../core/lifecycle.ts";
+import type { PolicyDecision } from "../core/policy/decide.ts";
 import { sha256Hex } from "../core/provenance/chain.ts";
 import type { DelegationContext } from "../core/provenance/events.ts";
 import type { KeyRing } from "../core/provenance/sign.ts";
@@ -51,6 +53,7 @@ import {
   type MintedJwtSvids,
 } from "./jwt-svids.ts";
 import type { TaskEventRecorder } from "./kube-events.ts";
+import { issuanceFacts, type PolicyStore, selectionFacts } from "./policies.ts";
 import { deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
 import {
   credentialSecretName,
@@ -98,6 +101,8 @@ export interface TaskReconcilerDeps {
   failpoint?: (name: string) => void;
   /** JWT-SVIDs for tasks that name audiences (operator/jwt-svids.ts); none without it. */
   jwt?: JwtSvidMinter;
+  /** The policies in force (operator/policies.ts); without it every task is decided by "none" (allow). */
+  policies?: PolicyStore;
 }
 
 /**
@@ -180,6 +185,7 @@ const ISSUE_REASON_TEXT = {
   SpecChanged: "the spec changed",
   RenewalDue: "renewal is due",
   CredentialMissing: "the credential Secret is missing or differs from status",
+  PolicyChanged: "a policy change narrowed what the task may hold",
 } as const;
 
 /** What the pod watch keeps of a pod that carries a Custody identity. */
@@ -254,7 +260,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     }
 
     const t = now();
-    const decision: Decision = decide(task, { serial: deps.credentials.get(key) }, t);
+    let decision: Decision = decide(task, { serial: deps.credentials.get(key) }, t);
 
     // No credential without proof of who asked: the webhook's signed record
     // must verify and belong to this very object (see core/admission/record.ts).
@@ -312,6 +318,56 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       accepted = result;
     }
 
+    // Policy: what the policies in force say now. At issuance and renewal it
+    // decides the credential; while one is held, a changed policy version is
+    // judged at once (revoke, reissue narrower, or only recorded).
+    let policy: PolicyDecision | undefined;
+    if (deps.policies && (decision.kind === "issue" || decision.kind === "wait")) {
+      const chainNow = accepted ? accepted.chain : task.status?.delegationChain;
+      const rootTask = accepted ? deps.getTask(`${ns}/${accepted.chain[1]?.name ?? ""}`) : undefined;
+      const selection = selectionFacts(task, admission, chainNow, rootGroupsOf(task, admission, rootTask));
+      const stage = decision.kind === "issue" && decision.why === "RenewalDue" ? "renewal" : "issuance";
+      policy = deps.policies.decide(issuanceFacts(task, selection, chainNow ?? [], stage, t), selection);
+    }
+    if (
+      policy &&
+      decision.kind === "wait" &&
+      task.status?.phase === "Issued" &&
+      policy.version !== (task.status.policyVersion ?? "none")
+    ) {
+      const verdict = judgePolicyChange(task, policy);
+      if (verdict === "revoke") {
+        const serials = liveSerials(task, t);
+        await record("dev.custody.task.policy.revoked", task, {
+          policyVersion: policy.version,
+          serials,
+          reasons: policy.reasons.map((r) => r.slice(0, 1024)).slice(0, 64),
+        });
+        return cascadeRevoke(
+          task,
+          key,
+          "PolicyRevoked",
+          `revoked by policy: ${policy.reasons.join("; ")}`,
+          t,
+        );
+      }
+      if (verdict === "record") {
+        await recordPolicyDecision(task, policy, "policy-change");
+        await writeStatus(key, task, {
+          ...task.status,
+          ...policyStatus(policy, task.status.grantedScope, task.status.grantedTtl),
+        });
+        return { requeueAfterMs: Math.max(1000, decision.wakeAt - t) };
+      }
+      // Narrower: reissue now, under the new policy.
+      decision = {
+        kind: "issue",
+        why: "PolicyChanged",
+        spec: task.spec,
+        ttlMs: parseTtl(task.spec.ttl ?? DEFAULT_TTL, "spec.ttl"),
+      };
+    }
+
     switch (decision.kind) {
       case "done":
         return;
@@ -360,6 +416,20 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     }
 
     // ---- issue or renew
+    if (policy && !policy.allowed) {
+      await recordPolicyDecision(task, policy, decision.why === "RenewalDue" ? "renewal" : "issuance");
+      const message = `denied by policy: ${policy.reasons.join("; ")}`.slice(0, 4096);
+      const holds = task.status?.phase === "Issued" || deps.credentials.get(key) !== undefined;
+      if (holds) {
+        await record("dev.custody.task.policy.revoked", task, {
+          policyVersion: policy.version,
+          serials: liveSerials(task, t),
+          reasons: policy.reasons.map((r) => r.slice(0, 1024)).slice(0, 64),
+        });
+        return cascadeRevoke(task, key, "PolicyRevoked", message, t);
+      }
+      return denyTask(task, key, "PolicyDenied", message, t, "policy");
+    }
     if (!(task.metadata as { finalizers?: string[] }).finalizers?.includes(FINALIZER)) {
       task = await addFinalizer(task, key);
     }
@@ -377,9 +447,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       agent: spec.agent.name,
       task: name,
     });
+    const grantedScope = policy ? [...policy.scope] : [...spec.scope];
+    const ttlMs = Math.min(decision.ttlMs, policy?.maxTtlMs ?? Number.POSITIVE_INFINITY);
     const validity = validityWindow({
       now: t,
-      ttlMs: decision.ttlMs,
+      ttlMs,
       deadline,
       caNotAfter: ca.notAfter.getTime(),
       jitter: deps.renewJitter,
@@ -389,7 +461,14 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     let info: ReturnType<typeof delegationInfo>;
     let svid: MintedSvid;
     try {
-      info = delegationInfo({ taskUid: uid, delegator, spec, chain, policyVersion: "none" });
+      info = delegationInfo({
+        taskUid: uid,
+        delegator,
+        spec,
+        chain,
+        policyVersion: policy?.version ?? "none",
+        grantedScope,
+      });
       svid = mintSvid({
         ca,
         spiffeId,
@@ -417,7 +496,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
           task,
           spiffeId,
           chain,
-          policyVersion: "none",
+          policyVersion: policy?.version ?? "none",
           certificateNotAfter: validity.notAfter,
           deadline,
           now: t,
@@ -443,7 +522,9 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       publicKeySha256: svid.publicKeySHA256,
     };
     const renewing =
-      decision.why === "RenewalDue" && previousSerial !== undefined && task.status?.phase === "Issued";
+      (decision.why === "RenewalDue" || decision.why === "PolicyChanged") &&
+      previousSerial !== undefined &&
+      task.status?.phase === "Issued";
     // Until the Secret is written, the resume offsets a checkpoint anchors
     // must not move past this record: a crash in between is settled by the
     // next leader from there (core/provenance/abandoned.ts).
@@ -454,6 +535,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       release();
     }
     async function issueAndDeliver() {
+      if (policy) await recordPolicyDecision(task, policy, renewing ? "renewal" : "issuance", chain);
       if (renewing) {
         await record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain);
       } else {
@@ -531,7 +613,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
             }
           : {}),
       },
-      policyVersion: "none",
+      ...policyStatus(policy, grantedScope, formatDuration(ttlMs)),
       observedGeneration: task.metadata.generation ?? 0,
       conditions,
     };
@@ -684,7 +766,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     reason: string,
     message: string,
     t: number,
-    stage: "issuance" | "delegation",
+    stage: "issuance" | "delegation" | "policy",
   ): Promise<HandlerResult> {
     await deleteCredential(task, key);
     await record("dev.custody.task.denied", task, { stage, reason, message: message.slice(0, 1024) });
@@ -884,6 +966,30 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     return jwts.refreshAt;
   }
 
+  function recordPolicyDecision(
+    task: AgentTask,
+    policy: PolicyDecision,
+    stage: "issuance" | "renewal" | "policy-change",
+    chain?: readonly ChainLink[],
+  ): Promise<void> {
+    return record(
+      "dev.custody.task.policy.decided",
+      task,
+      {
+        policyVersion: policy.version,
+        decision: policy.allowed ? "allow" : "deny",
+        reasons: policy.reasons.map((r) => r.slice(0, 1024)).slice(0, 64),
+        stage,
+        policies: policy.policies.map((p) =>
+          `${p.kind}/${p.namespace ?? ""}/${p.name}@${p.version}`.slice(0, 512),
+        ),
+        ...(policy.maxTtlMs !== undefined ? { maxTtl: formatDuration(policy.maxTtlMs) } : {}),
+        ...(policy.dropped.length > 0 ? { dropped: [...policy.dropped] } : {}),
+      },
+      chain,
+    );
+  }
+
   function recordJwtSvids(
     task: AgentTask,
     spiffeId: string,
@@ -942,6 +1048,46 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 }
 
 // ---------------------------------------------------------------- status builders
+
+/** The policy fields of a status: the version and policies that decided, what they granted. */
+function policyStatus(
+  policy: PolicyDecision | undefined,
+  grantedScope: readonly string[] | undefined,
+  grantedTtl: string | undefined,
+): Pick<AgentTaskStatus, "policyVersion" | "policies" | "grantedScope" | "grantedTtl"> {
+  return {
+    policyVersion: policy?.version ?? "none",
+    ...(policy && policy.policies.length > 0 ? { policies: policy.policies.map((p) => ({ ...p })) } : {}),
+    ...(grantedScope ? { grantedScope: [...grantedScope] } : {}),
+    ...(grantedTtl ? { grantedTtl } : {}),
+  };
+}
+
+/**
+ * A held credential under a changed policy: revoke when no longer allowed,
+ * reissue when the allowed ttl or scope shrank below what it holds, else
+ * only record the new version.
+ */
+function judgePolicyChange(task: AgentTask, policy: PolicyDecision): "revoke" | "reissue" | "record" {
+  if (!policy.allowed) return "revoke";
+  const held = task.status?.grantedScope ?? task.spec.scope;
+  if (held.some((g) => !policy.scope.includes(g))) return "reissue";
+  const heldTtl = task.status?.grantedTtl ?? task.spec.ttl ?? DEFAULT_TTL;
+  if (policy.maxTtlMs !== undefined && policy.maxTtlMs < parseTtl(heldTtl, "status.grantedTtl"))
+    return "reissue";
+  return "record";
+}
+
+/** Groups of the root delegator (a User), as admission recorded them: for policy selectors. */
+function rootGroupsOf(
+  task: AgentTask,
+  admission: RequesterRecord | undefined,
+  rootTask: AgentTask | undefined,
+): readonly string[] {
+  // A sub-agent: the root task's proven delegator (its status, from its own record).
+  if (task.spec.parentRef) return rootTask?.status?.delegator?.groups ?? [];
+  return admission?.delegator.groups ?? task.status?.delegator?.groups ?? [];
+}
 
 function jwtAnnotations(jwts: MintedJwtSvids): Record<string, string> {
   return { [JWT_REFRESH_ANNOTATION]: String(jwts.refreshAt), [JWT_KID_ANNOTATION]: jwts.kid };

@@ -95,6 +95,7 @@ interface TaskObject {
     name?: string;
     generateName?: string;
     namespace?: string;
+    labels?: Record<string, string>;
     annotations?: Record<string, string>;
   };
   spec?: unknown;
@@ -166,6 +167,9 @@ async function admitCreate(deps: AgentTaskAdmissionDeps, req: AdmissionRequest):
       ...(user.extra ? { extra: user.extra } : {}),
     },
     delegator: proven.delegator,
+    ...(obj.metadata?.labels && Object.keys(obj.metadata.labels).length > 0
+      ? { labels: { ...obj.metadata.labels } }
+      : {}),
     proof: proven.proof,
   };
   const token = signRequesterRecord(deps.signer, record);

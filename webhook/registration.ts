@@ -23,10 +23,12 @@ import { isNotFound, type KubeRest } from "../shells/kube/rest.ts";
 export const AGENTTASKS_PATH = "/admit/agenttasks";
 export const PODS_PATH = "/admit/pods";
 export const WORKLOADS_PATH = "/admit/workloads";
+export const POLICIES_PATH = "/admit/agentpolicies";
 
 export const AGENTTASKS_WEBHOOK = "agenttasks.custody.dev";
 export const PODS_WEBHOOK = "pods.custody.dev";
 export const WORKLOADS_WEBHOOK = "workloads.custody.dev";
+export const POLICIES_WEBHOOK = "agentpolicies.custody.dev";
 
 export const DEFAULT_REGISTRATION_NAME = "custody";
 export const FIELD_MANAGER = "custody-operator";
@@ -240,11 +242,35 @@ export function buildWebhookConfiguration(options: RegistrationOptions): Mutatin
     timeoutSeconds: 5,
     reinvocationPolicy: "Never",
   };
+  // Policies must compile (CEL parse, type check, bounds): refused at apply
+  // time otherwise. Fail closed: a policy the webhook never saw could fail to
+  // compile in the operator, which then denies what it selects.
+  const policies: MutatingWebhook = {
+    name: POLICIES_WEBHOOK,
+    clientConfig: clientConfigFor(options.clientConfig, POLICIES_PATH, caBundle),
+    rules: [
+      {
+        operations: ["CREATE", "UPDATE"],
+        apiGroups: ["custody.dev"],
+        apiVersions: ["v1alpha1"],
+        resources: ["agentpolicies", "clusteragentpolicies"],
+        scope: "*",
+      },
+    ],
+    failurePolicy: "Fail",
+    ...common(),
+    ...(options.namespaceSelector
+      ? { namespaceSelector: withExclusions(options.namespaceSelector, []) }
+      : {}),
+    sideEffects: "None",
+    timeoutSeconds: 5,
+    reinvocationPolicy: "Never",
+  };
   return {
     apiVersion: "admissionregistration.k8s.io/v1",
     kind: "MutatingWebhookConfiguration",
     metadata: { name, labels: { [MANAGED_BY_LABEL]: MANAGED_BY } },
-    webhooks: [agenttasks, pods, workloads],
+    webhooks: [agenttasks, pods, workloads, policies],
   };
 }
 

@@ -65,6 +65,11 @@ export const RequesterRecordSchema = z.object({
     uid: z.string().max(128).optional(),
     groups: z.array(z.string().max(512)).max(256).optional(),
   }),
+  /**
+   * The task's labels at CREATE: what policy selectors match, so that
+   * relabelling a task later cannot move it out of (or into) a policy.
+   */
+  labels: z.record(z.string().max(317), z.string().max(63)).optional(),
   proof: z.object({
     method: z.enum(PROOF_METHODS),
     /** Only what identifies the assertion; never the token itself. */

@@ -160,6 +160,11 @@ export function parseAgentPolicySpec(obj: unknown): AgentPolicySpec {
       : issue.code === "invalid_type" && issue.input === undefined
         ? "required"
         : issue.code;
+  // A core validator's message already reads "<label>: <detail> (rule r)": keep its detail and rule.
+  const label = issue.code === "custom" ? issue.params?.label : undefined;
+  if (typeof label === "string" && issue.message.startsWith(`${label}: `)) {
+    throw new ValidationError(field, rule, `${field}: ${issue.message.slice(label.length + 2)}`);
+  }
   const detail = issue.code === "invalid_type" && issue.input === undefined ? "is required" : issue.message;
   throw new ValidationError(
     field,

@@ -509,13 +509,14 @@ export const AgentTaskStatusSchema = z
     policies: kube(
       z
         .array(
-          z.object({
-            kind: z.enum(["AgentPolicy", "ClusterAgentPolicy"]).describe("Policy kind."),
-            namespace: z.string().max(63).optional().describe("Namespace of an AgentPolicy."),
-            name: z.string().min(1).max(253).describe("Policy name."),
-            version: z.string().max(80).describe("sha256:<hex> of its content."),
-          })
-          .describe("One policy in force."),
+          z
+            .object({
+              kind: z.enum(["AgentPolicy", "ClusterAgentPolicy"]).describe("Policy kind."),
+              namespace: z.string().max(63).optional().describe("Namespace of an AgentPolicy."),
+              name: z.string().min(1).max(253).describe("Policy name."),
+              version: z.string().max(80).describe("sha256:<hex> of its content."),
+            })
+            .describe("One policy in force."),
         )
         .max(64),
       { "x-kubernetes-list-type": "atomic" },

@@ -17,7 +17,11 @@ export interface ActionRequest {
   readonly action: string;
   readonly actionProperties?: Readonly<Record<string, unknown>>;
   /** AuthZEN resource: type (free) and id, a path of the scope grammar (e.g. repos/acme/api). */
-  readonly resource: { readonly type: string; readonly id: string; readonly properties?: Readonly<Record<string, unknown>> };
+  readonly resource: {
+    readonly type: string;
+    readonly id: string;
+    readonly properties?: Readonly<Record<string, unknown>>;
+  };
   readonly context?: Readonly<Record<string, unknown>>;
 }
 
@@ -45,7 +49,8 @@ export function decideAction(args: {
 }): ActionDecision {
   const { state, request } = args;
   const none = { version: "none", policies: [] };
-  if (state.revoked || state.phase === "Revoked") return { allowed: false, reasons: ["the task is revoked"], ...none };
+  if (state.revoked || state.phase === "Revoked")
+    return { allowed: false, reasons: ["the task is revoked"], ...none };
   if (state.deleting) return { allowed: false, reasons: ["the task is being deleted"], ...none };
   if (state.phase !== "Issued") {
     return { allowed: false, reasons: [`the task is ${state.phase ?? "not issued"}, not Issued`], ...none };
@@ -65,7 +70,11 @@ export function decideAction(args: {
       ...args.facts,
       stage: "action",
       action: { name: request.action, properties: request.actionProperties ?? {} },
-      resource: { type: request.resource.type, id: request.resource.id, properties: request.resource.properties ?? {} },
+      resource: {
+        type: request.resource.type,
+        id: request.resource.id,
+        properties: request.resource.properties ?? {},
+      },
       context: request.context ?? {},
     },
     args.options,

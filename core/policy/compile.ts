@@ -148,22 +148,30 @@ export function compileExpression(source: string, field: string): Evaluator {
   return parsed;
 }
 
+/**
+ * How deep comprehensions nest: only a macro's body multiplies cost; the
+ * list it runs over (its receiver) adds to it, so a chain such as
+ * `xs.filter(...).map(...)` counts once, while `xs.all(x, ys.exists(...))`
+ * counts twice.
+ */
 function comprehensionNesting(node: unknown): number {
   if (node === null || typeof node !== "object") return 0;
   const n = node as Partial<ASTNode> & { args?: unknown };
-  let inner = 0;
-  const visit = (child: unknown) => {
-    if (Array.isArray(child)) for (const c of child) visit(c);
-    else if (child !== null && typeof child === "object" && "op" in child)
-      inner = Math.max(inner, comprehensionNesting(child));
+  const deepest = (children: unknown): number => {
+    let d = 0;
+    const visit = (child: unknown) => {
+      if (Array.isArray(child)) for (const c of child) visit(c);
+      else if (child !== null && typeof child === "object" && "op" in child)
+        d = Math.max(d, comprehensionNesting(child));
+    };
+    visit(children);
+    return d;
   };
-  visit(n.args);
-  const isComprehension =
-    n.op === "rcall" &&
-    Array.isArray(n.args) &&
-    typeof n.args[0] === "string" &&
-    COMPREHENSIONS.has(n.args[0]);
-  return inner + (isComprehension ? 1 : 0);
+  const args = Array.isArray(n.args) ? n.args : undefined;
+  if (n.op === "rcall" && args && typeof args[0] === "string" && COMPREHENSIONS.has(args[0])) {
+    return Math.max(deepest(args[1]), 1 + deepest(args.slice(2)));
+  }
+  return deepest(n.args);
 }
 
 function celError(field: string, rule: string, what: string, source: string, err: unknown): ValidationError {

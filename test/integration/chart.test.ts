@@ -221,8 +221,14 @@ describe("chart: lint, render, server-side dry-run", () => {
       expect: (objects) => {
         expect(one(objects, "Deployment").spec).toMatchObject({ replicas: 2 });
         expect(one(objects, "PodDisruptionBudget").spec).toMatchObject({ minAvailable: 1 });
-        const crd = one(objects, "CustomResourceDefinition");
-        expect(crd.metadata.annotations?.["helm.sh/resource-policy"]).toBe("keep");
+        // AgentTask, AgentPolicy, ClusterAgentPolicy: all kept on uninstall.
+        const crds = byKind(objects, "CustomResourceDefinition");
+        expect(crds.map((c) => c.metadata.name).sort()).toEqual([
+          "agentpolicies.custody.dev",
+          "agenttasks.custody.dev",
+          "clusteragentpolicies.custody.dev",
+        ]);
+        for (const crd of crds) expect(crd.metadata.annotations?.["helm.sh/resource-policy"]).toBe("keep");
         expect(byKind(objects, "ValidatingAdmissionPolicy")).toHaveLength(3);
         expect(byKind(objects, "ValidatingAdmissionPolicyBinding")).toHaveLength(3);
         expect(byKind(objects, "MutatingAdmissionPolicy")).toHaveLength(1);
@@ -297,8 +303,8 @@ describe("chart: lint, render, server-side dry-run", () => {
       },
       expect: (objects) => {
         expect(byKind(objects, "ServiceAccount")).toHaveLength(0);
-        const crd = one(objects, "CustomResourceDefinition");
-        expect(crd.metadata.annotations?.["helm.sh/resource-policy"]).toBeUndefined();
+        for (const crd of byKind(objects, "CustomResourceDefinition"))
+          expect(crd.metadata.annotations?.["helm.sh/resource-policy"]).toBeUndefined();
         const e = containerOf(objects).container.env;
         expect(e.find((v) => v.name === "CUSTODY_CA_SECRET")?.value).toBe("my-ca");
         expect(e.find((v) => v.name === "CUSTODY_KAFKA_TLS")?.value).toBe("true");
@@ -748,6 +754,9 @@ describe("chart: installed, with the operator running outside the cluster as the
       [
         "ClusterRole",
         "ClusterRoleBinding",
+        // AgentTask, AgentPolicy, ClusterAgentPolicy
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
         "CustomResourceDefinition",
         "Deployment",
         "MutatingAdmissionPolicy",
@@ -789,6 +798,7 @@ describe("chart: installed, with the operator running outside the cluster as the
       `https://127.0.0.1:${webhookPort}/admit/agenttasks`,
       `https://127.0.0.1:${webhookPort}/admit/pods`,
       `https://127.0.0.1:${webhookPort}/admit/workloads`,
+      `https://127.0.0.1:${webhookPort}/admit/agentpolicies`,
     ]);
     for (const w of mwc.webhooks) expect(w.clientConfig.caBundle ?? "").toBe("");
   });
@@ -865,7 +875,7 @@ describe("chart: installed, with the operator running outside the cluster as the
     timings.leading = Date.now() - started;
     expect(lease.spec?.holderIdentity).toBeTruthy();
 
-    // caBundle: the generated CA, in each of the chart's three webhooks.
+    // caBundle: the generated CA, in each of the chart's four webhooks.
     const caSecret = await admin.get<{
       data: Record<string, string>;
       metadata: { annotations?: Record<string, string> };
@@ -877,7 +887,7 @@ describe("chart: installed, with the operator running outside the cluster as the
         const mwc = await admin.get<MutatingWebhookConfiguration>(
           `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${fullname}`,
         );
-        expect(mwc.webhooks).toHaveLength(3);
+        expect(mwc.webhooks).toHaveLength(4);
         for (const w of mwc.webhooks)
           expect(Buffer.from(w.clientConfig.caBundle ?? "", "base64").toString("utf8")).toContain(
             caPem.trim(),

@@ -8,6 +8,7 @@ import {
   applyRegistration,
   buildWebhookConfiguration,
   PODS_PATH,
+  POLICIES_PATH,
   RegistrationError,
   removeRegistration,
   WORKLOADS_PATH,
@@ -24,7 +25,7 @@ const byName = (c: ReturnType<typeof buildWebhookConfiguration>) =>
   Object.fromEntries(c.webhooks.map((w) => [w.name, w]));
 
 describe("buildWebhookConfiguration", () => {
-  it("builds the three webhooks as specified, on a URL", () => {
+  it("builds the four webhooks as specified, on a URL", () => {
     const c = buildWebhookConfiguration({
       clientConfig: { url: "https://127.0.0.1:8443/" },
       caBundlePem: caPem,
@@ -32,7 +33,32 @@ describe("buildWebhookConfiguration", () => {
     expect(c.metadata.name).toBe("custody");
     const caBundle = Buffer.from(caPem).toString("base64");
     const w = byName(c);
-    expect(Object.keys(w)).toEqual(["agenttasks.custody.dev", "pods.custody.dev", "workloads.custody.dev"]);
+    expect(Object.keys(w)).toEqual([
+      "agenttasks.custody.dev",
+      "pods.custody.dev",
+      "workloads.custody.dev",
+      "agentpolicies.custody.dev",
+    ]);
+    // Policies: both kinds, cluster-scoped ones too, fail closed.
+    expect(w["agentpolicies.custody.dev"]).toEqual({
+      name: "agentpolicies.custody.dev",
+      clientConfig: { url: `https://127.0.0.1:8443${POLICIES_PATH}`, caBundle },
+      rules: [
+        {
+          operations: ["CREATE", "UPDATE"],
+          apiGroups: ["custody.dev"],
+          apiVersions: ["v1alpha1"],
+          resources: ["agentpolicies", "clusteragentpolicies"],
+          scope: "*",
+        },
+      ],
+      failurePolicy: "Fail",
+      matchPolicy: "Equivalent",
+      admissionReviewVersions: ["v1"],
+      sideEffects: "None",
+      timeoutSeconds: 5,
+      reinvocationPolicy: "Never",
+    });
     expect(w["agenttasks.custody.dev"]).toEqual({
       name: "agenttasks.custody.dev",
       clientConfig: { url: `https://127.0.0.1:8443${AGENTTASKS_PATH}`, caBundle },
@@ -113,6 +139,7 @@ describe("buildWebhookConfiguration", () => {
       { namespace: "custody-system", name: "custody-webhook", port: 443, path: AGENTTASKS_PATH },
       { namespace: "custody-system", name: "custody-webhook", port: 443, path: PODS_PATH },
       { namespace: "custody-system", name: "custody-webhook", port: 443, path: WORKLOADS_PATH },
+      { namespace: "custody-system", name: "custody-webhook", port: 443, path: POLICIES_PATH },
     ]);
     expect(c.webhooks.every((w) => w.clientConfig.url === undefined)).toBe(true);
   });

@@ -1,0 +1,166 @@
+// The policies in force, compiled once per version, and the facts a task is
+// judged on. Fed by the AgentPolicy and ClusterAgentPolicy informers; read
+// by the reconciler (issuance, renewal, re-evaluation on change) and by the
+// decision endpoint (every action).
+
+import type { RequesterRecord } from "../core/admission/record.ts";
+import type { AgentPolicy } from "../core/api/policy.ts";
+import type { AgentTask } from "../core/api/v1alpha1.ts";
+import { parseTtl } from "../core/duration.ts";
+import type { ValidationError } from "../core/errors.ts";
+import { type CompiledPolicy, PolicyCache, policyVersion } from "../core/policy/compile.ts";
+import type { PolicyFacts, PolicyStage } from "../core/policy/context.ts";
+import {
+  type DefaultDecision,
+  decide,
+  type PolicyDecision,
+  type SelectionFacts,
+  selects,
+} from "../core/policy/decide.ts";
+
+export class PolicyStore {
+  readonly #cache = new PolicyCache();
+  /** kind/namespace/name → compiled (or a stand-in that denies, for one that does not compile). */
+  readonly #inForce = new Map<string, CompiledPolicy>();
+  readonly defaultDecision: DefaultDecision;
+  readonly budgetMs: number;
+  /** Bumped on every change: a cheap "did anything change" for callers. */
+  generation = 0;
+
+  constructor(opts: { defaultDecision: DefaultDecision; budgetMs?: number }) {
+    this.defaultDecision = opts.defaultDecision;
+    this.budgetMs = opts.budgetMs ?? 5;
+  }
+
+  /** Adds or replaces a policy; returns the compiled form that was in force before (for re-evaluation). */
+  upsert(policy: AgentPolicy): { before: CompiledPolicy | undefined; after: CompiledPolicy } {
+    const key = keyOf(policy);
+    const before = this.#inForce.get(key);
+    const compiled = this.#cache.get(policy);
+    const after = compiled instanceof Error ? refusing(policy, compiled) : compiled;
+    if (before?.version !== after.version) this.generation++;
+    this.#inForce.set(key, after);
+    return { before, after };
+  }
+
+  remove(policy: Pick<AgentPolicy, "kind" | "metadata">): CompiledPolicy | undefined {
+    const key = keyOf(policy);
+    const before = this.#inForce.get(key);
+    this.#inForce.delete(key);
+    this.#cache.forget(policy);
+    if (before) this.generation++;
+    return before;
+  }
+
+  /** The policies that select a task (by facts fixed at its creation). */
+  select(facts: SelectionFacts): CompiledPolicy[] {
+    const out: CompiledPolicy[] = [];
+    for (const p of this.#inForce.values()) if (selects(p, facts)) out.push(p);
+    return out;
+  }
+
+  decide(facts: PolicyFacts, selection: SelectionFacts): PolicyDecision {
+    return decide(this.select(selection), facts, {
+      defaultDecision: this.defaultDecision,
+      budgetMs: this.budgetMs,
+    });
+  }
+
+  get size(): number {
+    return this.#inForce.size;
+  }
+}
+
+function keyOf(p: Pick<AgentPolicy, "kind" | "metadata">): string {
+  return `${p.kind}/${p.metadata.namespace ?? ""}/${p.metadata.name}`;
+}
+
+/**
+ * A stored policy that does not compile (admitted before the webhook was
+ * registered, or by another version of Custody) still selects its tasks and
+ * denies them, naming why: fail closed, never skipped.
+ */
+function refusing(policy: AgentPolicy, err: ValidationError): CompiledPolicy {
+  const message = `the policy does not compile: ${err.message}`.slice(0, 512);
+  return {
+    kind: policy.kind,
+    ...(policy.metadata.namespace ? { namespace: policy.metadata.namespace } : {}),
+    name: policy.metadata.name,
+    version: policyVersion(policy),
+    selector: (policy.spec?.selector as CompiledPolicy["selector"]) ?? {},
+    rules: [{ name: "does-not-compile", stages: new Set(["issuance", "action"]), deny: () => true, message }],
+  };
+}
+
+// ---------------------------------------------------------------- facts
+
+const DELEGATOR_KIND: Record<string, string> = {
+  User: "User",
+  Group: "Group",
+  ServiceAccount: "ServiceAccount",
+  Workflow: "Workflow",
+};
+
+/**
+ * What selectors match: the task's immutable spec, the proven root delegator
+ * (the chain's first link), the labels admission recorded at creation.
+ */
+export function selectionFacts(
+  task: AgentTask,
+  record: RequesterRecord | undefined,
+  chain: ReadonlyArray<{ kind: string; name: string }> | undefined,
+  rootGroups: readonly string[],
+): SelectionFacts {
+  const root = chain?.[0];
+  const delegator = root
+    ? { kind: root.kind, name: root.name, groups: rootGroups }
+    : record && record.delegator.kind !== "AgentTask"
+      ? {
+          kind: DELEGATOR_KIND[record.delegator.kind] ?? record.delegator.kind,
+          name: record.delegator.name,
+          groups: record.delegator.groups ?? rootGroups,
+        }
+      : { kind: "", name: "", groups: [] };
+  const model = task.spec.agent.model;
+  return {
+    namespace: task.metadata.namespace ?? "",
+    agent: task.spec.agent.name,
+    model: { provider: model?.provider ?? "", name: model?.name ?? "", version: model?.version ?? "" },
+    tools: (task.spec.agent.tools ?? []).map((t) => t.name),
+    delegator,
+    labels: record?.labels ?? {},
+  };
+}
+
+/** The full context rules see at issuance or renewal (docs/policy.md). */
+export function issuanceFacts(
+  task: AgentTask,
+  selection: SelectionFacts,
+  chain: ReadonlyArray<{ kind: string; name: string }>,
+  stage: PolicyStage,
+  now: number,
+): PolicyFacts {
+  const model = task.spec.agent.model;
+  return {
+    task: {
+      name: task.metadata.name,
+      namespace: task.metadata.namespace ?? "",
+      uid: task.metadata.uid ?? "",
+      labels: selection.labels,
+      agent: {
+        name: task.spec.agent.name,
+        model: { provider: model?.provider ?? "", name: model?.name ?? "", version: model?.version ?? "" },
+        tools: (task.spec.agent.tools ?? []).map((t) => ({ name: t.name, version: t.version ?? "" })),
+        labels: task.spec.agent.labels ?? {},
+      },
+      scope: task.spec.scope,
+      ttlSeconds: Math.floor(parseTtl(task.spec.ttl ?? "1h", "spec.ttl") / 1000),
+      audiences: task.spec.audiences ?? [],
+      parent: task.spec.parentRef?.name ?? "",
+    },
+    delegator: selection.delegator,
+    chain: chain.map((l) => ({ kind: l.kind, name: l.name })),
+    stage,
+    now,
+  };
+}
