@@ -376,6 +376,27 @@ function summarize(e: Parsed, nameOf: (uid: string) => string): string {
     }
     case "deleted":
       return "the AgentTask was deleted";
+    case "policy.revoked":
+      return `serials ${list(d.serials)} revoked by policy ${s(d.policyVersion) ?? "?"}: ${list(d.reasons)}`;
+    case "action.decided": {
+      const r = o(d.resource);
+      const c = o(d.caller);
+      return `${s(d.decision) ?? "?"} ${s(d.action) ?? "?"} on ${s(r.type) ?? "?"} ${s(r.id) ?? "?"}, asked by ${s(c.kind) ?? "?"} ${s(c.name) ?? "?"} (${s(d.credential) ?? "?"}), policy ${s(d.policyVersion) ?? "?"}${list(d.reasons) ? `: ${list(d.reasons)}` : ""}`;
+    }
+    case "action.performed": {
+      const r = o(d.resource);
+      const by = o(d.reporter);
+      const self = d.selfReported === true ? " (self-reported by the agent: a claim)" : "";
+      return `${s(d.action) ?? "?"} on ${s(r.type) ?? "?"} ${s(r.id) ?? "?"}${s(d.outcome) ? `: ${s(d.outcome)}` : ""}, reported by ${s(by.kind) ?? "?"} ${s(by.name) ?? "?"}${self}`;
+    }
+    case "jwtsvid.issued": {
+      const tokens = Array.isArray(d.tokens) ? d.tokens.map((t) => s(o(t).audience) ?? "?").join(", ") : "";
+      return `JWT-SVIDs for ${tokens} (key ${s(d.kid) ?? "?"}), valid until ${s(d.expiresAt) ?? "?"}`;
+    }
+    case "token.exchanged":
+      return `on-behalf-of token for ${s(d.audience) ?? "?"}, scope ${list(d.scope)}, sub ${s(d.subject) ?? "?"}, until ${s(d.expiresAt) ?? "?"}`;
+    case "token.refused":
+      return `token exchange refused: ${s(d.error) ?? "?"}: ${s(d.description) ?? ""}`;
     default:
       return e.row.status === "malformed" ? `unreadable record: ${e.row.note ?? ""}` : "";
   }

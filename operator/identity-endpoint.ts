@@ -55,6 +55,8 @@ export interface IdentityEndpointDeps {
   getTask: (key: string) => AgentTask | undefined;
   /** Records an exchange event; resolves once Kafka acknowledged it. */
   recorder: () => Promise<Pick<ProvenanceRecorder, "record">>;
+  /** More routes on the same listener (the decision endpoint); undefined when a path is not theirs. */
+  next?: (req: IdentityRequest) => Promise<IdentityResponse | undefined>;
   /** Cache-Control max-age of the JWKS: shorter than the time a new key is published before it signs. */
   jwksMaxAgeSeconds: number;
   /** How long an answer may wait for its event's acknowledgement before it fails closed. */
@@ -110,7 +112,10 @@ export function createIdentityHandler(
       if (req.headers["if-none-match"] === etag) return { status: 304, headers, body: "" };
       return { status: 200, headers, body };
     }
-    if (req.path !== TOKEN_PATH) return json(404, { error: "not_found" }, { "content-type": JSON_TYPE });
+    if (req.path !== TOKEN_PATH) {
+      const other = await deps.next?.(req);
+      return other ?? json(404, { error: "not_found" }, { "content-type": JSON_TYPE });
+    }
     if (req.method !== "POST") {
       return json(
         405,
@@ -386,7 +391,9 @@ function contextOf(task: AgentTask, subject: VerifiedSubject): DelegationContext
 
 // ---------------------------------------------------------------- serving
 
-export interface StartIdentityEndpointOptions extends Omit<IdentityEndpointDeps, "recorder"> {
+export interface StartIdentityEndpointOptions extends Omit<IdentityEndpointDeps, "recorder" | "next"> {
+  /** The decision endpoint, given this process's stream to record on. */
+  authzen?: (recorder: () => Promise<ProvenanceRecorder>) => IdentityEndpointDeps["next"];
   addr: { host: string; port: number };
   /** The Service that fronts the endpoint in the cluster, and more names for its serving certificate. */
   service: { name: string; namespace: string };
@@ -430,7 +437,8 @@ export async function startIdentityEndpoint(opts: StartIdentityEndpointOptions):
     });
     return recorder;
   };
-  const handler = createIdentityHandler({ ...opts, recorder: openRecorder });
+  const next = opts.authzen?.(openRecorder);
+  const handler = createIdentityHandler({ ...opts, recorder: openRecorder, ...(next ? { next } : {}) });
   const readFiles = () =>
     opts.tlsFiles
       ? {

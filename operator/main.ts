@@ -20,6 +20,7 @@ import { findAbandoned } from "../core/provenance/abandoned.ts";
 import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
 import { verifyStreams } from "../core/provenance/verify.ts";
 import { kafkaConnectionFromEnv } from "../shells/kafka/connection.ts";
+import { createTokenReviewer } from "../shells/kube/authentication.ts";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
 import { LeaderElector } from "../shells/kube/leader-election.ts";
@@ -29,6 +30,7 @@ import { OperatorMetrics } from "../shells/metrics.ts";
 import { WorkQueue } from "../shells/workqueue.ts";
 import { loadAssertionIssuers } from "../webhook/assertions.ts";
 import { startAdmissionWebhook } from "./admission.ts";
+import { createAuthzenHandler } from "./authzen.ts";
 import { loadOrCreateCa } from "./ca-store.ts";
 import { loadOperatorConfig } from "./config.ts";
 import { boundPort, serveHealth } from "./health.ts";
@@ -465,6 +467,25 @@ async function main(): Promise<void> {
     jwksMaxAgeSeconds: config.jwt.jwksMaxAgeSeconds,
     ...(config.oidc.tokenEndpoint ? { tokenEndpoint: config.oidc.tokenEndpoint } : {}),
     ...(config.oidc.tlsFiles ? { tlsFiles: config.oidc.tlsFiles } : {}),
+    authzen: (openStream) =>
+      createAuthzenHandler({
+        issuer: config.oidc.issuer,
+        trustDomain: config.trustDomain,
+        keys: jwtKeys,
+        trustAnchorsDer: () => trustAnchorsDer,
+        getTask: (key) => {
+          const c = tasks.get(key);
+          return c ? (JSON.parse(c.json) as AgentTask) : undefined;
+        },
+        recordOf,
+        policies: policyStore,
+        // Resource servers' tokens must be bound to this issuer: a token for the API server does not pass.
+        reviewToken: createTokenReviewer(rest, [config.oidc.issuer]),
+        callers: new Set(config.policy.authzenCallers),
+        recorder: openStream,
+        reportsPerSecond: config.policy.reportsPerSecond,
+        log: log.child("authzen"),
+      }),
     openRecorder: () =>
       createKafkaRecorder({
         brokers: config.kafka.brokers,
