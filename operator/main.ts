@@ -43,7 +43,9 @@ import { createKafkaRecorder, deterministicEventId, type ProvenanceRecorder } fr
 import { ProvenanceAnchor } from "./provenance-anchor.ts";
 import {
   COMPONENT_LABEL,
+  caFingerprint,
   credentialSecretName,
+  ISSUER_CA_ANNOTATION,
   MANAGED_BY,
   MANAGED_BY_LABEL,
   policyStatusPath,
@@ -215,6 +217,7 @@ async function main(): Promise<void> {
         annotations: {
           [SERIAL_ANNOTATION]: s.metadata.annotations?.[SERIAL_ANNOTATION] ?? "",
           [JWT_REFRESH_ANNOTATION]: s.metadata.annotations?.[JWT_REFRESH_ANNOTATION] ?? "",
+          [ISSUER_CA_ANNOTATION]: s.metadata.annotations?.[ISSUER_CA_ANNOTATION] ?? "",
         },
       },
     }),
@@ -303,6 +306,8 @@ async function main(): Promise<void> {
     metrics,
   });
   const credentialIndex = new CredentialIndex();
+  // The CAs whose credentials are this installation's (the issuing CA and every trust anchor).
+  const ourCas = new Set([caFingerprint(ca.certDer), ...trustAnchorsDer.map(caFingerprint)]);
   const events = new TaskEventRecorder(rest, log.child("events"), identity);
   const reconciler = createTaskReconciler({
     rest,
@@ -517,7 +522,11 @@ async function main(): Promise<void> {
   const observeSecret = (s: SecretMeta) => {
     const key = credentialKeyOf(s);
     if (key) {
-      credentialIndex.set(key, s.metadata.annotations?.[SERIAL_ANNOTATION] || undefined);
+      credentialIndex.set(
+        key,
+        s.metadata.annotations?.[SERIAL_ANNOTATION] || undefined,
+        ourCas.has(s.metadata.annotations?.[ISSUER_CA_ANNOTATION] ?? ""),
+      );
       const due = s.metadata.annotations?.[JWT_REFRESH_ANNOTATION];
       if (due) credentialIndex.setTokensRefreshAt(key, Number(due));
     }

@@ -1,4 +1,5 @@
 // Names, labels and API paths of the objects the operator reads and writes.
+import { createHash } from "node:crypto";
 import { GROUP, PLURAL, VERSION } from "../core/api/v1alpha1.ts";
 
 export const FINALIZER = "custody.dev/revoke-credential";
@@ -13,6 +14,11 @@ export {
 } from "../core/names.ts";
 export const SERIAL_ANNOTATION = "custody.dev/serial";
 export const SPIFFE_ID_ANNOTATION = "custody.dev/spiffe-id";
+/** On a credential Secret: which CA issued it (caFingerprint), so an installation knows its own credentials. */
+export const ISSUER_CA_ANNOTATION = "custody.dev/issuer-ca";
+/** SHA-256 (hex, 32 digits) of a CA certificate's DER. */
+export const caFingerprint = (der: Uint8Array): string =>
+  createHash("sha256").update(der).digest("hex").slice(0, 32);
 
 const enc = encodeURIComponent;
 export const taskCollectionPath = (ns?: string): string =>

@@ -56,8 +56,10 @@ import type { TaskEventRecorder } from "./kube-events.ts";
 import { issuanceFacts, type PolicyStore, selectionFacts } from "./policies.ts";
 import { deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
 import {
+  caFingerprint,
   credentialSecretName,
   FINALIZER,
+  ISSUER_CA_ANNOTATION,
   MANAGED_BY,
   MANAGED_BY_LABEL,
   SERIAL_ANNOTATION,
@@ -112,6 +114,11 @@ export interface TaskReconcilerDeps {
  */
 export class CredentialIndex {
   readonly #serials = new Map<string, string>();
+  /** Keys whose Secret this installation's CA issued (see ISSUER_CA_ANNOTATION). */
+  readonly #issuedHere = new Set<string>();
+  issuedHere(key: string): boolean {
+    return this.#issuedHere.has(key);
+  }
   /** When each task's JWT-SVIDs are due for refresh (the Secret's annotation, or our last write). */
   readonly #tokensDue = new Map<string, number>();
   tokensRefreshAt(key: string): number | undefined {
@@ -124,11 +131,16 @@ export class CredentialIndex {
   get(key: string): string | undefined {
     return this.#serials.get(key);
   }
-  set(key: string, serial: string | undefined): void {
+  set(key: string, serial: string | undefined, issuedHere = true): void {
     if (serial === undefined) {
       this.#serials.delete(key);
       this.#tokensDue.delete(key);
-    } else this.#serials.set(key, serial);
+      this.#issuedHere.delete(key);
+    } else {
+      this.#serials.set(key, serial);
+      if (issuedHere) this.#issuedHere.add(key);
+      else this.#issuedHere.delete(key);
+    }
   }
   get size(): number {
     return this.#serials.size;
@@ -268,12 +280,15 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     if (decision.kind === "issue" || decision.kind === "wait") {
       const proven = proveRequester(task);
       if ("error" in proven) {
-        // Never a credential for it; no status either: two installations must
-        // not fight over each other's tasks (the other one writes them).
-        // (Were it our own key, lost: tasks keep their certificates until
-        // notAfter and are not renewed, rather than being revoked en masse.)
-        const touched = task.status?.certificate !== undefined || deps.credentials.get(key) !== undefined;
-        if (proven.foreign && !touched) {
+        // Signed by a key this installation does not hold: another
+        // installation's task. Never a credential from us, and no status or
+        // revocation either, even once the other one has issued it (its status
+        // and Secret are the other's, its CA named on the Secret): two
+        // installations must not fight over each other's tasks. Only a
+        // credential our own CA issued (our admission key lost, say) is
+        // revoked below rather than parked. The record cannot be swapped for
+        // a foreign one later: a ValidatingAdmissionPolicy keeps it immutable.
+        if (proven.foreign && !deps.credentials.issuedHere(key)) {
           log.debug("task signed by another installation's admission key: left alone", { object: key });
           return { requeueAfterMs: 10 * 60_000 };
         }
@@ -856,6 +871,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         annotations: {
           [SERIAL_ANNOTATION]: svid.serialHex,
           [SPIFFE_ID_ANNOTATION]: spiffeId,
+          [ISSUER_CA_ANNOTATION]: caFingerprint(ca.certDer),
           ...(jwts ? jwtAnnotations(jwts) : {}),
         },
         ownerReferences: [

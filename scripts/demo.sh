@@ -261,6 +261,21 @@ obo="$(printf '%s' "$answer" | "$node" -e 'const a=JSON.parse(require("node:fs")
 info "token exchange (RFC 8693, mutual TLS with the sub-agent's X.509-SVID): alice at sub, the agents in act:"
 printf '%s' "$obo" | claims
 
+say "Applying examples/50-policy.yaml, then asking the decision endpoint (AuthZEN) as the sub-agent"
+kubectl apply -f "$repo/examples/50-policy.yaml" | sed 's/^/    /'
+spiffe_linter="$(kubectl get at review-pr-4821-linter -n agents -o jsonpath='{.status.spiffeID}')"
+decide() { # verb resource
+  curl -s --cacert "$work/ca.crt" --cert "$work/tls.crt" --key "$work/tls.key" "$issuer/access/v1/evaluation" \
+    -H 'content-type: application/json' \
+    -d "{\"subject\":{\"type\":\"agent\",\"id\":\"$spiffe_linter\"},\"action\":{\"name\":\"$1\"},\"resource\":{\"type\":\"repo\",\"id\":\"$2\"}}"
+}
+for ask in "read repos/acme/api" "write repos/acme/api"; do
+  # shellcheck disable=SC2086
+  answer="$(decide $ask)"
+  printf '%s' "$answer" | grep -q '"decision"' || die "the decision endpoint did not answer: $answer (log: $log_file)"
+  info "$ask -> $answer"
+done
+
 say "kubectl get at -n agents -o wide"
 kubectl get at -n agents -o wide
 

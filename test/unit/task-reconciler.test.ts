@@ -72,7 +72,11 @@ function task(record?: (t: AgentTask) => string | undefined): AgentTask {
   return t;
 }
 
-function harness(record: (type: string) => Promise<void>, theTask: () => AgentTask = () => task()) {
+function harness(
+  record: (type: string) => Promise<void>,
+  theTask: () => AgentTask = () => task(),
+  credentials = new CredentialIndex(),
+) {
   const calls: string[] = [];
   const bodies: Record<string, unknown> = {};
   const rest = {
@@ -108,7 +112,7 @@ function harness(record: (type: string) => Promise<void>, theTask: () => AgentTa
   const reconciler = createTaskReconciler({
     rest,
     getTask: (key) => (key === "ns/t1" ? theTask() : undefined),
-    credentials: new CredentialIndex(),
+    credentials,
     ca: () => ca,
     recorder,
     events: { emit: () => {} } as unknown as TaskEventRecorder,
@@ -251,9 +255,19 @@ describe("a task signed by another installation's admission key", () => {
       };
       return t;
     };
-    const { calls, bodies, reconciler } = harness(async () => {}, issued);
+    // Its Secret names this installation's CA.
+    const mine = new CredentialIndex();
+    mine.set("ns/t1", "0a", true);
+    const { calls, bodies, reconciler } = harness(async () => {}, issued, mine);
     await reconciler.reconcile("ns/t1");
     expect(calls).toContain("record dev.custody.task.revoked");
     expect((bodies[STATUS] as AgentTask).status?.phase).toBe("Revoked");
+
+    // Issued by another installation (its CA on the Secret): left alone, not revoked.
+    const theirs = new CredentialIndex();
+    theirs.set("ns/t1", "0a", false);
+    const other = harness(async () => {}, issued, theirs);
+    await other.reconciler.reconcile("ns/t1");
+    expect(other.calls).toEqual([]);
   });
 });
