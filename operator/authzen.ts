@@ -13,7 +13,7 @@
 // validated credential names. Every decision is recorded (and acknowledged)
 // before it is returned; when it cannot be, the answer is deny.
 import { createHash, randomUUID } from "node:crypto";
-import { decodeJwt, jwtVerify } from "jose";
+import { decodeJwt, errors as joseErrors, jwtVerify } from "jose";
 import { z } from "zod";
 import type { RequesterRecord } from "../core/admission/record.ts";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
@@ -244,11 +244,17 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
   async function agentFromCredential(value: string, t: number): Promise<Agent> {
     if (/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(value)) return checkJwt(value, t);
     let der: Uint8Array;
+    // A PEM chain (as Envoy's XFCC carries it): the leaf, then the intermediates up to a trust anchor.
+    let intermediates: Uint8Array[] = [];
     try {
       const text = decodeURIComponent(value);
-      der = text.includes("-----BEGIN")
-        ? fromPem(text, AGENT_CREDENTIAL_HEADER)[0]!.der
-        : new Uint8Array(Buffer.from(text, "base64"));
+      if (text.includes("-----BEGIN")) {
+        const blocks = fromPem(text, AGENT_CREDENTIAL_HEADER).filter((b) => b.label === "CERTIFICATE");
+        der = blocks[0]!.der;
+        intermediates = blocks.slice(1).map((b) => b.der);
+      } else {
+        der = new Uint8Array(Buffer.from(text, "base64"));
+      }
     } catch {
       throw new Refusal(
         403,
@@ -256,7 +262,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
         `${AGENT_CREDENTIAL_HEADER}: neither a JWT-SVID nor an X.509-SVID`,
       );
     }
-    return checkX509(der, [], t, 403, "invalid_credential");
+    return checkX509(der, intermediates, t, 403, "invalid_credential");
   }
 
   function checkX509(
@@ -320,7 +326,12 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
         ...(typeof custody?.taskUid === "string" ? { taskUid: custody.taskUid } : {}),
       };
     } catch (err) {
-      throw new Refusal(403, "invalid_credential", `the JWT-SVID ${describeJoseError(err)}`);
+      const aud = err instanceof joseErrors.JWTClaimValidationFailed && err.claim === "aud";
+      throw new Refusal(
+        403,
+        "invalid_credential",
+        `the JWT-SVID ${aud ? "is not for one of the task's audiences" : describeJoseError(err)}`,
+      );
     }
   }
 
@@ -454,6 +465,17 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
     }
     const task = taskOf(agent.spiffeId);
     if (!task) throw new Refusal(404, "unknown_agent", "no task holds this identity");
+    // Only under the task the credential was issued to, with a credential still its own.
+    if (agent.taskUid !== undefined && agent.taskUid !== task.metadata.uid) {
+      throw new Refusal(
+        403,
+        "invalid_credential",
+        "the credential was issued to an earlier task of this name",
+      );
+    }
+    if (agent.serial !== undefined && !liveSerials(task, now()).includes(agent.serial)) {
+      throw new Refusal(403, "invalid_credential", "the X.509-SVID is not the task's current certificate");
+    }
     const context = contextOf(task);
     const id = randomUUID();
     try {
