@@ -15,6 +15,7 @@ const benches: Array<[string, string[]]> = [
   ["admission", [join(here, "admission.ts")]],
   ["audit", [join(here, "audit.ts")]],
   ["jwt", [join(here, "jwt.ts")]],
+  ["policy", [join(here, "policy.ts")]],
 ];
 let failed = 0;
 for (const [name, argv] of benches) {

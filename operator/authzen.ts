@@ -136,6 +136,13 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
   const now = deps.now ?? Date.now;
   const timeoutMs = deps.recordTimeoutMs ?? 5_000;
   const buckets = new Map<string, { tokens: number; at: number }>();
+  /**
+   * Verified X.509-SVIDs by the digest of their chain, until their notAfter:
+   * an agent (or its gateway) presents the same certificate on every call,
+   * and re-verifying it each time cost most of a decision. Failures are never
+   * kept; the trust anchors are fixed for this process's life.
+   */
+  const verified = new Map<string, { agent: Agent; notBefore: number; notAfter: number }>();
   const metadata = JSON.stringify({
     policy_decision_point: deps.issuer,
     access_evaluation_endpoint: `${deps.issuer}${EVALUATION_PATH}`,
@@ -272,6 +279,11 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
     status: number,
     error: string,
   ): Agent {
+    const h = createHash("sha256").update(der);
+    for (const i of intermediates) h.update(i);
+    const key = h.digest("base64url");
+    const hit = verified.get(key);
+    if (hit && hit.notBefore <= t && t <= hit.notAfter) return hit.agent;
     try {
       const svid = verifySvid({
         certDer: der,
@@ -281,7 +293,10 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
       });
       if (svid.trustDomain !== deps.trustDomain)
         throw new Refusal(status, error, "the credential is from another trust domain");
-      return { spiffeId: svid.spiffeId, credential: "x509-svid", serial: svid.serialHex };
+      const agent: Agent = { spiffeId: svid.spiffeId, credential: "x509-svid", serial: svid.serialHex };
+      if (verified.size >= 10_000) verified.delete(verified.keys().next().value as string);
+      verified.set(key, { agent, notBefore: svid.notBefore.getTime(), notAfter: svid.notAfter.getTime() });
+      return agent;
     } catch (err) {
       if (err instanceof X509Error)
         throw new Refusal(status, error, `the X.509-SVID is not valid: ${err.message}`.slice(0, 512));

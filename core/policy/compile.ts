@@ -19,7 +19,7 @@ import { parseTtl } from "../duration.ts";
 import { ValidationError } from "../errors.ts";
 import { canonicalize } from "../provenance/canonical-json.ts";
 import { type Grant, validateScope } from "../scope.ts";
-import { policyEnvironment } from "./context.ts";
+import { celContext, type PolicyFacts, policyEnvironment } from "./context.ts";
 
 /** Macros that iterate: nesting them multiplies cost, so their depth is capped. */
 const COMPREHENSIONS = new Set(["all", "exists", "exists_one", "map", "filter"]);
@@ -108,6 +108,7 @@ export function compilePolicy(policy: Pick<AgentPolicy, "kind" | "metadata" | "s
       ...(rule.scopeCeiling ? { scopeCeiling: validateScope(rule.scopeCeiling, `${at}.scopeCeiling`) } : {}),
     };
   });
+  warmUp(rules);
   return {
     kind: policy.kind,
     ...(policy.metadata.namespace ? { namespace: policy.metadata.namespace } : {}),
@@ -154,6 +155,56 @@ export function compileExpression(source: string, field: string): Evaluator {
  * `xs.filter(...).map(...)` counts once, while `xs.all(x, ys.exists(...))`
  * counts twice.
  */
+/**
+ * Runs every expression a few times on a sample context: the evaluator's
+ * first calls are slow (the engine compiles them), and the first decision
+ * after a policy change must not run past the time budget and deny for that
+ * reason alone. Outcomes and errors are ignored.
+ */
+function warmUp(rules: readonly CompiledRule[]): void {
+  const context = celContext(SAMPLE_FACTS);
+  for (let i = 0; i < 3; i++) {
+    for (const r of rules) {
+      for (const e of [r.when, r.deny, r.allow]) {
+        try {
+          e?.(context);
+        } catch {
+          // a sample context may miss what a rule reads: irrelevant here
+        }
+      }
+    }
+  }
+}
+
+const SAMPLE_FACTS: PolicyFacts = {
+  task: {
+    name: "sample",
+    namespace: "sample",
+    uid: "sample",
+    labels: { team: "sample" },
+    agent: {
+      name: "sample",
+      model: { provider: "p", name: "m", version: "v" },
+      tools: [{ name: "t", version: "1" }],
+      labels: {},
+    },
+    scope: ["read:sample/*"],
+    ttlSeconds: 3600,
+    audiences: ["https://sample.example"],
+    parent: "",
+  },
+  delegator: { kind: "User", name: "sample", groups: ["sample"] },
+  chain: [
+    { kind: "User", name: "sample" },
+    { kind: "AgentTask", name: "sample" },
+  ],
+  stage: "action",
+  now: 0,
+  action: { name: "read", properties: {} },
+  resource: { type: "sample", id: "sample/a", properties: {} },
+  context: {},
+};
+
 function comprehensionNesting(node: unknown): number {
   if (node === null || typeof node !== "object") return 0;
   const n = node as Partial<ASTNode> & { args?: unknown };
