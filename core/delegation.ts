@@ -4,6 +4,7 @@
 import { createHash, type KeyObject } from "node:crypto";
 import type { AgentTaskSpec, ChainLink, DelegatorKind, StatusDelegator } from "./api/v1alpha1.ts";
 import { canonicalize } from "./provenance/canonical-json.ts";
+import type { DelegationContext } from "./provenance/events.ts";
 import type { DelegationInfo, PrincipalKind } from "./x509/delegation-extension.ts";
 
 const PRINCIPAL_KIND: Record<DelegatorKind, PrincipalKind> = {
@@ -119,4 +120,28 @@ export function spiffeBundleJson(
   });
   keys.push(...jwtAuthorities);
   return `${JSON.stringify({ keys, spiffe_sequence: sequence, spiffe_refresh_hint: refreshHintSeconds }, null, 2)}\n`;
+}
+
+/**
+ * Where an event about a task sits in the delegation graph: its uid, the
+ * uids of the tasks of its chain (root first, itself last; itself alone when
+ * the chain does not end with it) and the chain's digest (the certificate
+ * extension's chainDigest, or the one a token states).
+ */
+export function delegationContextOf(
+  task: { readonly metadata: { readonly uid?: string; readonly namespace?: string; readonly name: string } },
+  links: readonly ChainLink[],
+  digest: string = chainDigest(links).toString("hex"),
+): DelegationContext {
+  const uid = task.metadata.uid ?? "unknown";
+  const taskUids = links.filter((l) => l.kind === "AgentTask").map((l) => l.uid || "unknown");
+  const chainUids = taskUids.length > 0 && taskUids[taskUids.length - 1] === uid ? taskUids : [uid];
+  return {
+    taskUid: uid,
+    namespace: task.metadata.namespace ?? "",
+    name: task.metadata.name,
+    chainUids,
+    rootUid: chainUids[0]!,
+    contextDigest: digest,
+  };
 }

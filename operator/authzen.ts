@@ -17,7 +17,7 @@ import { decodeJwt, errors as joseErrors, jwtVerify } from "jose";
 import { z } from "zod";
 import type { RequesterRecord } from "../core/admission/record.ts";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
-import { chainDigest } from "../core/delegation.ts";
+import { delegationContextOf } from "../core/delegation.ts";
 import { describeJoseError } from "../core/jwt/exchange.ts";
 import type { JwtKey } from "../core/jwt/keys.ts";
 import { type ActionDecision, decideAction } from "../core/policy/action.ts";
@@ -30,7 +30,7 @@ import type { IdentityRequest, IdentityResponse } from "../shells/https/identity
 import type { AuthenticatedUser } from "../shells/kube/authentication.ts";
 import type { Logger } from "../shells/log.ts";
 import { issuanceFacts, type PolicyStore, selectionFacts } from "./policies.ts";
-import type { ProvenanceRecorder } from "./provenance.ts";
+import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
 import { liveSerials } from "./task-reconciler.ts";
 
 export const EVALUATION_PATH = "/access/v1/evaluation";
@@ -541,18 +541,8 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
     }
   }
 
-  async function record(...args: Parameters<ProvenanceRecorder["record"]>): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        deps.recorder().then((r) => r.record(...args)),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`not acknowledged within ${timeoutMs} ms`)), timeoutMs);
-        }),
-      ]);
-    } finally {
-      if (timer) clearTimeout(timer);
-    }
+  function record(...args: Parameters<ProvenanceRecorder["record"]>): Promise<void> {
+    return recordWithin(deps.recorder, timeoutMs, ...args);
   }
 }
 
@@ -585,17 +575,5 @@ function digestOf(context: Record<string, unknown>): string {
 }
 
 function contextOf(task: AgentTask): DelegationContext {
-  const uid = task.metadata.uid ?? "unknown";
-  const uids = (task.status?.delegationChain ?? [])
-    .filter((l) => l.kind === "AgentTask")
-    .map((l) => l.uid || "unknown");
-  const chainUids = uids.length > 0 && uids[uids.length - 1] === uid ? uids : [uid];
-  return {
-    taskUid: uid,
-    namespace: task.metadata.namespace ?? "",
-    name: task.metadata.name,
-    chainUids,
-    rootUid: chainUids[0]!,
-    contextDigest: chainDigest(task.status?.delegationChain ?? []).toString("hex"),
-  };
+  return delegationContextOf(task, task.status?.delegationChain ?? []);
 }

@@ -6,6 +6,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
+import { delegationContextOf } from "../core/delegation.ts";
 import {
   DISCOVERY_PATH,
   discoveryDocument,
@@ -38,7 +39,7 @@ import {
 } from "../shells/https/identity-server.ts";
 import type { Logger } from "../shells/log.ts";
 import { WebhookServingCert } from "../webhook/serving-cert.ts";
-import type { ProvenanceRecorder } from "./provenance.ts";
+import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
 import { liveSerials } from "./task-reconciler.ts";
 
 export interface IdentityEndpointDeps {
@@ -275,22 +276,8 @@ export function createIdentityHandler(
     }
   }
 
-  async function record(...args: Parameters<ProvenanceRecorder["record"]>): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      // Opening the stream counts against the budget too (Kafka may be down).
-      await Promise.race([
-        deps.recorder().then((recorder) => recorder.record(...args)),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`not acknowledged within ${recordTimeoutMs} ms`)),
-            recordTimeoutMs,
-          );
-        }),
-      ]);
-    } finally {
-      if (timer) clearTimeout(timer);
-    }
+  function record(...args: Parameters<ProvenanceRecorder["record"]>): Promise<void> {
+    return recordWithin(deps.recorder, recordTimeoutMs, ...args);
   }
 
   async function recordRefusal(
@@ -374,19 +361,7 @@ function factsOf(task: AgentTask, t: number): TaskFacts {
 
 /** Where an exchange sits in the delegation graph: the task's chain, as its token states it. */
 function contextOf(task: AgentTask, subject: VerifiedSubject): DelegationContext {
-  const uids = (task.status?.delegationChain ?? [])
-    .filter((l) => l.kind === "AgentTask")
-    .map((l) => l.uid || "unknown");
-  const taskUid = task.metadata.uid ?? subject.custody.taskUid;
-  const chainUids = uids.length > 0 && uids[uids.length - 1] === taskUid ? uids : [taskUid];
-  return {
-    taskUid,
-    namespace: task.metadata.namespace ?? "",
-    name: task.metadata.name,
-    chainUids,
-    rootUid: chainUids[0]!,
-    contextDigest: subject.custody.chainDigest,
-  };
+  return delegationContextOf(task, task.status?.delegationChain ?? [], subject.custody.chainDigest);
 }
 
 // ---------------------------------------------------------------- serving

@@ -46,6 +46,29 @@ export interface AckedHead {
   readonly hash: string;
 }
 
+/**
+ * Records on a stream opened on demand, within a time budget: opening the
+ * stream counts against it too (Kafka may be down). An answer that waits for
+ * its event (token exchange, a decision) fails closed when this rejects.
+ */
+export async function recordWithin(
+  open: () => Promise<Pick<ProvenanceRecorder, "record">>,
+  timeoutMs: number,
+  ...args: Parameters<ProvenanceRecorder["record"]>
+): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      open().then((r) => r.record(...args)),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`not acknowledged within ${timeoutMs} ms`)), timeoutMs);
+      }),
+    ]);
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+}
+
 /** A UUID-shaped id derived from its parts (SHA-256), for events recorded at most once in meaning. */
 export function deterministicEventId(...parts: string[]): string {
   const h = createHash("sha256").update(parts.join("\u0000"), "utf8").digest("hex");

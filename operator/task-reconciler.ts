@@ -26,7 +26,7 @@ import type {
   StatusDelegator,
 } from "../core/api/v1alpha1.ts";
 import { type ChainAccepted, DEFAULT_MAX_DEPTH, evaluateChain } from "../core/chain.ts";
-import { chainDigest, delegationInfo, rootChain } from "../core/delegation.ts";
+import { chainDigest, delegationContextOf, delegationInfo, rootChain } from "../core/delegation.ts";
 import { DEFAULT_TTL, formatDuration, parseTtl } from "../core/duration.ts";
 import { ValidationError } from "../core/errors.ts";
 import { type Decision, decide, sameStatus, setCondition, validityWindow } from "../core/lifecycle.ts";
@@ -702,16 +702,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       chain ??
       task.status?.delegationChain ??
       rootChain(unprovenDelegator(task), { name: task.metadata.name, uid }, scopeOf(task));
-    const taskUids = links.filter((l) => l.kind === "AgentTask").map((l) => l.uid || "unknown");
-    const chainUids = taskUids.length > 0 && taskUids[taskUids.length - 1] === uid ? taskUids : [uid];
-    return {
-      taskUid: uid,
-      namespace: task.metadata.namespace ?? "",
-      name: task.metadata.name,
-      chainUids,
-      rootUid: chainUids[0]!,
-      contextDigest: chainDigest(links).toString("hex"),
-    };
+    return delegationContextOf(task, links);
   }
 
   function recordRequested(
