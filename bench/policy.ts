@@ -18,49 +18,51 @@
  *    without it an in-memory recorder stands in, and the output says so.
  * Prints numbers only; never asserts a timing.
  */
-import { randomBytes, randomUUID } from "node:crypto";
-import { existsSync } from "node:fs";
-import { Agent, request } from "node:https";
-import { connect } from "node:net";
+import { randomUUID } from "node:crypto";
 import { availableParallelism } from "node:os";
-import { join } from "node:path";
-import { Kafka, logLevel } from "kafkajs";
 import type { AgentPolicy } from "../core/api/policy.ts";
-import type { AgentTask, ChainLink } from "../core/api/v1alpha1.ts";
-import { chainDigest } from "../core/delegation.ts";
+import type { AgentTask } from "../core/api/v1alpha1.ts";
 import { type ActionRequest, decideAction, type TaskState } from "../core/policy/action.ts";
 import { compilePolicy } from "../core/policy/compile.ts";
 import type { PolicyFacts } from "../core/policy/context.ts";
 import { type DecideOptions, decide } from "../core/policy/decide.ts";
-import { createStreamWriter } from "../core/provenance/chain.ts";
-import { createEs256Signer } from "../core/provenance/sign.ts";
 import { buildTaskSpiffeId } from "../core/spiffe.ts";
-import { generateCa, generateLeafKeyPair, mintSvid, serialFromRandom } from "../core/x509/index.ts";
 import { createAuthzenHandler, EVALUATION_PATH } from "../operator/authzen.ts";
-import { startIdentityEndpoint } from "../operator/identity-endpoint.ts";
 import { generateJwtKey } from "../operator/jwt-keys.ts";
 import { issuanceFacts, PolicyStore, selectionFacts } from "../operator/policies.ts";
-import { createKafkaRecorder, type ProvenanceRecorder } from "../operator/provenance.ts";
+import type { ProvenanceRecorder } from "../operator/provenance.ts";
 import { createLogger } from "../shells/log.ts";
-import { benchFlags, envDir, localEnv } from "./local.ts";
+import {
+  ancestorTask,
+  benchChain,
+  dropTimeoutNegativeWarnings,
+  errorDetail,
+  fmt,
+  ISSUER,
+  mintAgentSvid,
+  mtlsAgent,
+  openLoop,
+  openRecorder,
+  percentiles,
+  post,
+  printErrorsAndSockets,
+  printRun,
+  printSetup,
+  startBenchEndpoint,
+  type Timed,
+  TRUST_DOMAIN,
+} from "./endpoint.ts";
+import { benchFlags } from "./local.ts";
 
 const flag = benchFlags();
 const EVAL_SECONDS = flag("eval-seconds", 3);
 const RATE = flag("rate", 500);
 const SECONDS = flag("seconds", 10);
 
-const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
-const TRUST_DOMAIN = "custody.local";
-const ISSUER = "https://custody-identity.custody-system.svc";
 const NAMESPACE = "bench";
 const SCOPE = ["read:repos/acme/*", "write:repos/acme/docs"];
 const log = createLogger({ name: "bench-policy", level: "warn" });
-// kafkajs arms negative timers (the operator runs with --disable-warning=TimeoutNegativeWarning,
-// which run.ts does not pass): drop that one warning, print any other.
-process.removeAllListeners("warning");
-process.on("warning", (w) => {
-  if (w.name !== "TimeoutNegativeWarning") console.error(`warning: ${w.name}: ${w.message}`);
-});
+dropTimeoutNegativeWarnings();
 
 // ---------------------------------------------------------------- fixtures
 
@@ -118,22 +120,7 @@ const spiffeId = buildTaskSpiffeId({
   task: "t1",
 });
 const taskUid = randomUUID();
-// Root first: the human, the orchestrator's task, then this task.
-const chain: ChainLink[] = [
-  {
-    kind: "User",
-    name: "alice@example.com",
-    uid: "u-1234",
-    scope: ["read:repos/acme/*", "write:repos/acme/*"],
-  },
-  {
-    kind: "AgentTask",
-    name: "orchestrate",
-    uid: randomUUID(),
-    scope: ["read:repos/acme/*", "write:repos/acme/docs"],
-  },
-  { kind: "AgentTask", name: "t1", uid: taskUid, scope: SCOPE },
-];
+const chain = benchChain(taskUid, SCOPE);
 
 function agentTask(certificate?: NonNullable<AgentTask["status"]>["certificate"]): AgentTask {
   return {
@@ -322,155 +309,27 @@ function mixSummary(): string {
   return `${allow} allow / ${REQUEST_MIX.length - allow} deny of ${REQUEST_MIX.length}`;
 }
 
-/** The same hash-chained, signed stream as the Kafka recorder, acknowledged at once. */
-function memoryRecorder(): ProvenanceRecorder {
-  const writer = createStreamWriter({
-    stream: "operator/bench-token-endpoint",
-    epoch: 0,
-    signer: createEs256Signer(generateJwtKey("ES256", now, now).privateKey),
-  });
-  return {
-    record: async (type, subject, data, _rootUid, id) => {
-      writer.append({
-        id: id ?? randomUUID(),
-        source: "custody.dev/operator/bench",
-        type,
-        subject,
-        time: new Date().toISOString(),
-        data,
-      } as never);
-    },
-    healthy: true,
-    backlog: 0,
-    close: async () => undefined,
-  };
-}
-
-function reachable(hostPort: string, timeoutMs: number): Promise<boolean> {
-  const i = hostPort.lastIndexOf(":");
-  return new Promise((resolve) => {
-    const socket = connect({ host: hostPort.slice(0, i), port: Number(hostPort.slice(i + 1)) });
-    const done = (ok: boolean) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(timeoutMs, () => done(false));
-    socket.once("connect", () => done(true));
-    socket.once("error", () => done(false));
-  });
-}
-
-interface Recorder {
-  recorder: ProvenanceRecorder;
-  /** What the reader should know about it. */
-  label: string;
-  cleanup: () => Promise<void>;
-}
-
-async function openRecorder(): Promise<Recorder> {
-  const fallback = (why: string): Recorder => ({
-    recorder: memoryRecorder(),
-    label:
-      `IN-MEMORY recorder (${why}): events are chained and signed but NOT sent to Kafka, ` +
-      "so these latencies leave out the acknowledgement a real decision waits for. Run `make up` for the real number.",
-    cleanup: async () => undefined,
-  });
-  if (!existsSync(join(envDir, "env.json"))) return fallback(`no local environment at ${envDir}`);
-  const brokers = localEnv().kafkaBrokers.split(",");
-  if (!(await reachable(brokers[0]!, 1_500))) return fallback(`Kafka at ${brokers[0]} is unreachable`);
-  const topic = `custody.bench.policy.${randomBytes(4).toString("hex")}`;
-  try {
-    const recorder = await Promise.race([
-      createKafkaRecorder({
-        brokers,
-        topic,
-        partitions: 1,
-        replicationFactor: 1,
-        writer: `bench-${randomBytes(3).toString("hex")}-token-endpoint`,
-        epoch: 0,
-        signingKey: generateJwtKey("ES256", now, now).privateKey,
-        log: log.child("provenance"),
-      }),
-      new Promise<never>((_, reject) =>
-        setTimeout(() => reject(new Error("no topic within 20 s")), 20_000).unref(),
-      ),
-    ]);
-    return {
-      recorder,
-      label: `Kafka recorder (acks=all, idempotent) on ${brokers.join(",")}, topic ${topic}, 1 partition`,
-      cleanup: async () => {
-        const admin = new Kafka({
-          clientId: "custody-bench-policy",
-          brokers,
-          logLevel: logLevel.NOTHING,
-        }).admin();
-        await admin.connect();
-        await admin.deleteTopics({ topics: [topic] }).catch(() => undefined);
-        await admin.disconnect();
-      },
-    };
-  } catch (err) {
-    return fallback(`Kafka recorder failed: ${err instanceof Error ? err.message : String(err)}`);
-  }
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
-}
-
-interface Answer {
-  status: number;
-  /** From the scheduled send time to the last byte of the answer. */
-  ms: number;
-  /** When the answer completed (performance.now()). */
-  at: number;
+interface Answer extends Timed {
   /** The AuthZEN decision of a 200 answer. */
   decision?: boolean;
   /** Which entry of REQUEST_MIX was asked. */
   kind: number;
-  detail: string;
 }
 
 async function endpointLatency(): Promise<void> {
-  const ca = generateCa({
-    trustDomain: TRUST_DOMAIN,
-    now: new Date(now - 60_000),
-    validityMs: 30 * 86_400_000, // past the 24 h serving certificate, so it is not clamped
-    serial: serialFromRandom(randomBytes(16)),
-  }).ca;
-  const leaf = generateLeafKeyPair();
-  const notBefore = new Date(now - 60_000);
-  const notAfter = new Date(now + 3_600_000);
-  const svid = mintSvid({
-    ca,
-    spiffeId,
-    subjectPublicKey: leaf.publicKeySpki,
-    serial: serialFromRandom(randomBytes(16)),
-    notBefore,
-    notAfter,
-    delegation: {
-      taskUid,
-      delegator: { kind: "user", name: "alice@example.com", uid: "u-1234" },
-      scope: ["read:repos/acme/*"],
-      chainDigest: chainDigest(chain),
-      chainDepth: chain.length - 1,
-      policyVersion: "policy-7",
-      specDigest: randomBytes(32),
-    },
-  });
-  const task = agentTask({
-    serial: svid.serialHex,
-    notBefore: notBefore.toISOString(),
-    notAfter: notAfter.toISOString(),
-    renewalTime: new Date(now + 2_400_000).toISOString(),
-    publicKeySHA256: svid.publicKeySHA256,
-    secretName: "t1-svid",
-  });
+  // The SVID carries the scope granted at issuance (the contractors-narrow ceiling dropped the write).
+  const minted = mintAgentSvid({ spiffeId, taskUid, chain, scope: ["read:repos/acme/*"], now });
+  const task = agentTask(minted.certificate);
   const store = new PolicyStore({ defaultDecision: "deny", budgetMs: 5 });
   store.upsert(policy);
   const key = generateJwtKey("ES256", now, now);
-  const getTask = (k: string) => (k === `${NAMESPACE}/t1` ? task : undefined);
-  const opened = await openRecorder();
+  const ancestor = ancestorTask(chain, { namespace: NAMESPACE, audiences: ["https://api.example"] });
+  const tasks = new Map([
+    [`${NAMESPACE}/t1`, task],
+    [`${NAMESPACE}/${ancestor.metadata.name}`, ancestor],
+  ]);
+  const getTask = (k: string) => tasks.get(k);
+  const opened = await openRecorder({ bench: "policy", waitsFor: "decision", now, log });
   const { label, cleanup } = opened;
   // The same recorder, timed: how long each decision waits for its event's acknowledgement.
   const recordMs: number[] = [];
@@ -493,24 +352,17 @@ async function endpointLatency(): Promise<void> {
     },
     close: () => inner.close(),
   };
-  const endpoint = await startIdentityEndpoint({
-    addr: { host: "127.0.0.1", port: 0 },
-    issuer: ISSUER,
-    trustDomain: TRUST_DOMAIN,
-    service: { name: "custody-identity", namespace: "custody-system" },
-    dnsNames: [],
-    ca: () => ca,
-    trustAnchorsPem: ca.bundlePem,
-    trustAnchorsDer: () => ca.bundleDer,
-    keys: { published: () => [key], signing: () => key },
+  const endpoint = await startBenchEndpoint({
+    ca: minted.ca,
+    key,
     getTask,
-    jwksMaxAgeSeconds: 60,
+    recorder,
     authzen: (openStream) =>
       createAuthzenHandler({
         issuer: ISSUER,
         trustDomain: TRUST_DOMAIN,
         keys: { published: () => [key] },
-        trustAnchorsDer: () => ca.bundleDer,
+        trustAnchorsDer: () => minted.ca.bundleDer,
         getTask,
         recordOf: () => undefined,
         policies: store,
@@ -521,10 +373,9 @@ async function endpointLatency(): Promise<void> {
         reportsPerSecond: 10,
         log: log.child("authzen"),
       }),
-    openRecorder: async () => recorder,
-    log: log.child("identity"),
+    log,
   });
-  const agent = new Agent({ keepAlive: true, cert: svid.chainPem, key: leaf.privateKeyPem, ca: ca.certPem });
+  const agent = mtlsAgent(minted);
   const bodies = REQUEST_MIX.map((m) =>
     JSON.stringify({
       subject: { type: "agent", id: spiffeId },
@@ -534,63 +385,23 @@ async function endpointLatency(): Promise<void> {
     }),
   );
 
-  const send = (due: number, kind: number) =>
-    new Promise<Answer>((resolve) => {
-      const body = bodies[kind]!;
-      const done = (status: number, text: string) => {
-        const at = performance.now();
+  const send = (due: number, kind: number): Promise<Answer> =>
+    post(agent, endpoint.port, EVALUATION_PATH, "application/json", bodies[kind]!).then(
+      ({ status, text, at }) => {
         let decision: boolean | undefined;
         let detail = "";
-        try {
-          const parsed = JSON.parse(text) as {
-            decision?: boolean;
-            error?: string;
-            error_description?: string;
-          };
-          if (status === 200) decision = parsed.decision;
-          else detail = `${parsed.error}: ${parsed.error_description}`;
-        } catch {
-          detail = text.slice(0, 200);
-        }
-        resolve({ status, ms: at - due, at, kind, detail, ...(decision !== undefined ? { decision } : {}) });
-      };
-      const req = request(
-        {
-          agent,
-          host: "127.0.0.1",
-          port: endpoint.port,
-          method: "POST",
-          path: EVALUATION_PATH,
-          headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
-          timeout: 30_000,
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => done(res.statusCode ?? 0, Buffer.concat(chunks).toString("utf8")));
-          res.on("error", (err) => done(0, err.message));
-        },
-      );
-      req.on("timeout", () => req.destroy(new Error("no answer within 30 s")));
-      req.on("error", (err) => done(0, err.message));
-      req.end(body);
-    });
-
-  /** Open loop: request i leaves at start + i/rate whether or not earlier ones were answered. */
-  const openLoop = async (rate: number, count: number) => {
-    const answers: Promise<Answer>[] = [];
-    const start = performance.now();
-    const dueOf = (i: number) => start + (i * 1000) / rate;
-    for (let i = 0; i < count; ) {
-      while (i < count && dueOf(i) <= performance.now()) {
-        answers.push(send(dueOf(i), i % REQUEST_MIX.length));
-        i++;
-      }
-      if (i < count) await new Promise((r) => setTimeout(r, Math.max(0, dueOf(i) - performance.now())));
-    }
-    const sentIn = (performance.now() - start) / 1000;
-    return { answers: await Promise.all(answers), start, sentIn };
-  };
+        if (status !== 200) detail = errorDetail(text);
+        else
+          try {
+            decision = (JSON.parse(text) as { decision?: boolean }).decision;
+          } catch {
+            detail = text.slice(0, 200);
+          }
+        return { status, ms: at - due, at, kind, detail, ...(decision !== undefined ? { decision } : {}) };
+      },
+    );
+  /** Request i asks the i-th entry of REQUEST_MIX, cycled. */
+  const sendMix = (due: number, i: number) => send(due, i % REQUEST_MIX.length);
 
   try {
     const first = await send(performance.now(), 0);
@@ -610,41 +421,20 @@ async function endpointLatency(): Promise<void> {
       `   Mix, cycled: ${mixSummary()} (write repos/acme/docs: out of scope; read repos/acme/secret-plans: ` +
         "denied by policy); every decision, allow or deny, is recorded before it is answered.",
     );
-    console.log("   Client and endpoint share one Node process (one event loop) on this machine.");
-    console.log(`   Recorder: ${label}`);
-    await openLoop(RATE, Math.max(50, Math.round(RATE))); // 1 s warm-up: connections, JIT, producer
+    printSetup(label);
+    await openLoop(RATE, Math.max(50, Math.round(RATE)), sendMix); // 1 s warm-up: connections, JIT, producer
     const count = Math.round(RATE * SECONDS);
     timing = true;
     const cpuBefore = process.cpuUsage();
-    const { answers, start, sentIn } = await openLoop(RATE, count);
+    const { answers, start, sentIn } = await openLoop(RATE, count, sendMix);
     const cpu = process.cpuUsage(cpuBefore);
     timing = false;
-    const ok = answers.filter((a) => a.status === 200);
-    const latencies = ok.map((a) => a.ms).sort((a, b) => a - b);
-    const lastAt = Math.max(...answers.map((a) => a.at));
+    const { ok, errors } = printRun({ answers, count, start, sentIn });
     const allowed = ok.filter((a) => a.decision === true).length;
     const unexpected = ok.filter((a) => a.decision !== REQUEST_MIX[a.kind]!.allow).length;
-    const errors = new Map<string, number>();
-    for (const a of answers)
-      if (a.status !== 200) {
-        const k = `${a.status || "no answer"} ${a.detail}`;
-        errors.set(k, (errors.get(k) ?? 0) + 1);
-      }
     const expectedAllow = answers.filter((a) => REQUEST_MIX[a.kind]!.allow).length;
-    console.log(
-      `   sent ${fmt(count)} in ${sentIn.toFixed(2)} s (${fmt(count / sentIn)}/s offered); ` +
-        `${fmt(ok.length)} answered 200 by ${((lastAt - start) / 1000).toFixed(2)} s ` +
-        `(${fmt(ok.length / ((lastAt - start) / 1000))}/s achieved)`,
-    );
-    console.log(
-      `   latency p50 ${percentile(latencies, 50).toFixed(1)} ms  p99 ${percentile(latencies, 99).toFixed(1)} ms  ` +
-        `max ${(latencies[latencies.length - 1] ?? Number.NaN).toFixed(1)} ms`,
-    );
     recordMs.sort((a, b) => a - b);
-    console.log(
-      `   of which waiting for the provenance record's acknowledgement: p50 ${percentile(recordMs, 50).toFixed(1)} ms  ` +
-        `p99 ${percentile(recordMs, 99).toFixed(1)} ms  max ${(recordMs[recordMs.length - 1] ?? Number.NaN).toFixed(1)} ms`,
-    );
+    console.log(`   of which waiting for the provenance record's acknowledgement: ${percentiles(recordMs)}`);
     console.log(
       `   decisions: ${fmt(allowed)} allow, ${fmt(ok.length - allowed)} deny ` +
         `(expected ${fmt(expectedAllow)} / ${fmt(count - expectedAllow)}; ${fmt(unexpected)} differ from the expectation)`,
@@ -654,10 +444,7 @@ async function endpointLatency(): Promise<void> {
       `   CPU of this process (client and endpoint) over the run: ${((cpu.user + cpu.system) / 1000 / count).toFixed(2)} ms ` +
         `per request (${((cpu.user + cpu.system) / 1e6).toFixed(1)} s user+system; the machine has ${availableParallelism()} cores)`,
     );
-    for (const [k, n] of errors) console.log(`     ${fmt(n)} × ${k}`);
-    console.log(
-      `   open TLS connections used: ${Object.values(agent.sockets).flat().length + Object.values(agent.freeSockets).flat().length}`,
-    );
+    printErrorsAndSockets(errors, agent);
   } finally {
     agent.destroy();
     await endpoint.close();

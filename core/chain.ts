@@ -243,9 +243,9 @@ function parseChildScope(child: AgentTask): Grant[] | ChainRefused {
   }
 }
 
-function parseTtlOf(task: AgentTask, field: string): number | ValidationError {
+function parseTtlOf(task: AgentTask, field: string, granted?: string): number | ValidationError {
   try {
-    return parseTtl(task.spec.ttl ?? DEFAULT_TTL, field);
+    return parseTtl(granted ?? task.spec.ttl ?? DEFAULT_TTL, field);
   } catch (e) {
     if (e instanceof ValidationError) return e;
     throw e;
@@ -270,7 +270,8 @@ function childWithinParent(
   if (!Array.isArray(childScope)) return childScope;
   let parentScope: Grant[];
   try {
-    parentScope = validateScope(parent.spec.scope, "spec.scope");
+    // What the parent holds: its spec less what policy dropped (status.grantedScope).
+    parentScope = validateScope(parent.status?.grantedScope ?? parent.spec.scope, "spec.scope");
   } catch (e) {
     if (!(e instanceof ValidationError)) throw e;
     return deny("ParentInvalid", PARENT_FIELD, `${PARENT_FIELD}: parent ${parentName}: ${e.message}`);
@@ -304,7 +305,8 @@ function childWithinParent(
 
   const childTtl = parseTtlOf(child, "spec.ttl");
   if (childTtl instanceof ValidationError) return deny("InvalidSpec", childTtl.field, childTtl.message);
-  const parentTtl = parseTtlOf(parent, "spec.ttl");
+  // A policy may have shortened the parent's certificates (status.grantedTtl).
+  const parentTtl = parseTtlOf(parent, "spec.ttl", parent.status?.grantedTtl);
   if (parentTtl instanceof ValidationError) {
     return deny("ParentInvalid", PARENT_FIELD, `${PARENT_FIELD}: parent ${parentName}: ${parentTtl.message}`);
   }

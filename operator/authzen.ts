@@ -29,6 +29,7 @@ import { fromPem } from "../core/x509/pem.ts";
 import type { IdentityRequest, IdentityResponse } from "../shells/https/identity-server.ts";
 import type { AuthenticatedUser } from "../shells/kube/authentication.ts";
 import type { Logger } from "../shells/log.ts";
+import { ancestorProblem } from "./identity-endpoint.ts";
 import { issuanceFacts, type PolicyStore, selectionFacts } from "./policies.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
 import { liveSerials } from "./task-reconciler.ts";
@@ -42,7 +43,36 @@ export const MAX_EVALUATIONS = 64;
 
 const JSON_HEADERS = { "content-type": "application/json", "cache-control": "no-store" };
 
-const properties = z.record(z.string().max(128), z.unknown()).optional();
+/**
+ * Request data rules may iterate is bounded, so that a rule's cost stays
+ * bounded (two nested comprehensions over at most 64 items): at most 4 KiB of
+ * JSON, nested 4 deep, lists of at most 64 items.
+ */
+const MAX_REQUEST_DATA_BYTES = 4096;
+function boundedJson(value: unknown, ctx: z.RefinementCtx): void {
+  const problem = (v: unknown, depth: number): string | undefined => {
+    if (depth > 4) return "is nested more than 4 deep";
+    if (Array.isArray(v)) {
+      if (v.length > 64) return "has a list of more than 64 items";
+      for (const x of v) {
+        const p = problem(x, depth + 1);
+        if (p) return p;
+      }
+    } else if (v !== null && typeof v === "object") {
+      for (const x of Object.values(v)) {
+        const p = problem(x, depth + 1);
+        if (p) return p;
+      }
+    }
+    return undefined;
+  };
+  const found =
+    JSON.stringify(value).length > MAX_REQUEST_DATA_BYTES
+      ? `is larger than ${MAX_REQUEST_DATA_BYTES} bytes of JSON`
+      : problem(value, 0);
+  if (found) ctx.addIssue({ code: "custom", message: found });
+}
+const properties = z.record(z.string().max(128), z.unknown()).superRefine(boundedJson).optional();
 const subjectSchema = z.object({
   type: z.literal("agent", { error: 'subject.type must be "agent"' }),
   id: z.string().min(1).max(2048),
@@ -54,7 +84,7 @@ const resourceSchema = z.object({
   id: z.string().min(1).max(1024),
   properties,
 });
-const contextSchema = z.record(z.string().max(128), z.unknown()).optional();
+const contextSchema = z.record(z.string().max(128), z.unknown()).superRefine(boundedJson).optional();
 const evaluationSchema = z.object({
   subject: subjectSchema,
   action: actionSchema,
@@ -429,8 +459,14 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
         ...none,
       };
     }
-    const record = deps.recordOf(task);
     const chain = task.status?.delegationChain ?? [];
+    const above = chain
+      .filter((l) => l.kind === "AgentTask")
+      .map((l) => l.name)
+      .slice(0, -1);
+    const ancestor = ancestorProblem(task, above, deps.getTask);
+    if (ancestor) return { allowed: false, reasons: [ancestor], ...none };
+    const record = deps.recordOf(task);
     const rootTask = task.spec.parentRef
       ? deps.getTask(`${task.metadata.namespace}/${chain[1]?.name ?? ""}`)
       : undefined;
@@ -475,9 +511,6 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
         `subject.id is not the agent the credential names (${agent.spiffeId})`,
       );
     }
-    if (!take(agent.spiffeId)) {
-      throw new Refusal(429, "rate_limited", `at most ${deps.reportsPerSecond} reports per second per agent`);
-    }
     const task = taskOf(agent.spiffeId);
     if (!task) throw new Refusal(404, "unknown_agent", "no task holds this identity");
     // Only under the task the credential was issued to, with a credential still its own.
@@ -490,6 +523,16 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
     }
     if (agent.serial !== undefined && !liveSerials(task, now()).includes(agent.serial)) {
       throw new Refusal(403, "invalid_credential", "the X.509-SVID is not the task's current certificate");
+    }
+    // One bucket per reporter and agent, charged only for a report that
+    // passed every check: a rogue agent's self-reports cannot use up the
+    // budget of the gateway that reports on it.
+    if (!take(`${caller.kind}:${caller.name}|${agent.spiffeId}`)) {
+      throw new Refusal(
+        429,
+        "rate_limited",
+        `at most ${deps.reportsPerSecond} reports per second per agent and reporter`,
+      );
     }
     const context = contextOf(task);
     const id = randomUUID();

@@ -108,7 +108,7 @@ const schema = z.object({
   /** With no AgentPolicy or ClusterAgentPolicy in force: allow within the task's scope, or deny. */
   CUSTODY_POLICY_DEFAULT: z.enum(["allow", "deny"]).default("allow"),
   /** Wall time one policy's rules may take per decision; past it the policy denies. */
-  CUSTODY_POLICY_BUDGET_MS: z.coerce.number().min(0.1).max(1000).default(5),
+  CUSTODY_POLICY_BUDGET_MS: z.coerce.number().min(0.1).max(1000).default(20),
   /** Who may ask the decision endpoint about agents: Kubernetes usernames (e.g. system:serviceaccount:gw:gateway), comma-separated. */
   CUSTODY_AUTHZEN_CALLERS: z.string().default(""),
   /** Reports of what was done, per agent per second (a burst of ten times that). */

@@ -249,20 +249,9 @@ export function createIdentityHandler(
 
   /** The agents above the task, as its token names them, must still hold their delegation. */
   function ancestorsOf(task: AgentTask, subject: VerifiedSubject): { ancestorProblem?: string } {
-    const ns = task.metadata.namespace ?? "";
-    const agents = subject.custody.chain.filter((h) => h.kind === "agent").slice(0, -1);
-    for (const hop of agents) {
-      const a = deps.getTask(`${ns}/${hop.name}`);
-      if (!a) return { ancestorProblem: `ancestor ${hop.name} no longer exists` };
-      if (a.spec.revoked === true || a.status?.phase === "Revoked")
-        return { ancestorProblem: `ancestor ${hop.name} is revoked` };
-      if ((a.metadata as { deletionTimestamp?: string }).deletionTimestamp) {
-        return { ancestorProblem: `ancestor ${hop.name} is being deleted` };
-      }
-      if (a.status?.phase !== "Issued")
-        return { ancestorProblem: `ancestor ${hop.name} is ${a.status?.phase ?? "not issued"}` };
-    }
-    return {};
+    const names = subject.custody.chain.filter((h) => h.kind === "agent").map((h) => h.name);
+    const problem = ancestorProblem(task, names.slice(0, -1), deps.getTask);
+    return problem ? { ancestorProblem: problem } : {};
   }
 
   function taskOf(spiffeId: string): AgentTask | undefined {
@@ -352,7 +341,8 @@ function factsOf(task: AgentTask, t: number): TaskFacts {
     revoked: task.spec.revoked === true,
     deleting: (task.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined,
     audiences: task.spec.audiences ?? [],
-    scope: task.spec.scope,
+    // What the credential carries: policy may have dropped grants.
+    scope: s?.grantedScope ?? task.spec.scope,
     liveSerials: liveSerials(task, t),
     certificateNotAfter: s?.certificate ? Date.parse(s.certificate.notAfter) : undefined,
     deadline: task.spec.deadline ? Date.parse(task.spec.deadline) : undefined,
@@ -468,4 +458,27 @@ export async function startIdentityEndpoint(opts: StartIdentityEndpointOptions):
       if (recorder) await (await recorder.catch(() => undefined))?.close();
     },
   };
+}
+
+/**
+ * Why the agents above a task no longer hold their delegation, if they do
+ * not: one is gone, revoked, being deleted or not Issued. Checked on every
+ * exchange and decision, so revoking an ancestor stops its descendants at
+ * once, before the cascade reaches them.
+ */
+export function ancestorProblem(
+  task: AgentTask,
+  ancestorNames: readonly string[],
+  getTask: (key: string) => AgentTask | undefined,
+): string | undefined {
+  const ns = task.metadata.namespace ?? "";
+  for (const name of ancestorNames) {
+    const a = getTask(`${ns}/${name}`);
+    if (!a) return `ancestor ${name} no longer exists`;
+    if (a.spec.revoked === true || a.status?.phase === "Revoked") return `ancestor ${name} is revoked`;
+    if ((a.metadata as { deletionTimestamp?: string }).deletionTimestamp)
+      return `ancestor ${name} is being deleted`;
+    if (a.status?.phase !== "Issued") return `ancestor ${name} is ${a.status?.phase ?? "not issued"}`;
+  }
+  return undefined;
 }

@@ -588,12 +588,15 @@ async function main(): Promise<void> {
     if (!tasks.hasSynced()) return;
     for (const c of tasks.list()) {
       const t = JSON.parse(c.json) as AgentTask;
-      const facts = selectionFacts(
-        t,
-        recordOf(t),
-        t.status?.delegationChain,
-        t.status?.delegator?.groups ?? [],
-      );
+      // A sub-agent's root delegator groups are its root task's (as the reconciler reads them).
+      const chain = t.status?.delegationChain;
+      const root = t.spec.parentRef
+        ? tasks.get(`${t.metadata.namespace}/${chain?.[1]?.name ?? ""}`)
+        : undefined;
+      const groups = t.spec.parentRef
+        ? ((root ? (JSON.parse(root.json) as AgentTask) : undefined)?.status?.delegator?.groups ?? [])
+        : (t.status?.delegator?.groups ?? recordOf(t)?.delegator.groups ?? []);
+      const facts = selectionFacts(t, recordOf(t), chain, groups);
       if ((before && selects(before, facts)) || (after && selects(after, facts))) enqueue(objectKey(c));
     }
   };
@@ -1052,7 +1055,8 @@ function compactTask(t: AgentTask | CompactTask): CompactTask {
       ...(m.resourceVersion ? { resourceVersion: m.resourceVersion } : {}),
     },
     ...(parent ? { parent } : {}),
-    state: `${t.status?.phase ?? ""}|${m.generation ?? 0}|${t.status?.observedGeneration ?? ""}|${t.spec?.revoked === true}|${m.deletionTimestamp ?? ""}`,
+    // What policy granted is part of it: a parent narrowed by policy narrows what its children may hold.
+    state: `${t.status?.phase ?? ""}|${m.generation ?? 0}|${t.status?.observedGeneration ?? ""}|${t.spec?.revoked === true}|${m.deletionTimestamp ?? ""}|${(t.status?.grantedScope ?? []).join(" ")}|${t.status?.grantedTtl ?? ""}`,
     json: JSON.stringify(slim),
   };
 }

@@ -36,8 +36,14 @@ export class PolicyStore {
   upsert(policy: AgentPolicy): { before: CompiledPolicy | undefined; after: CompiledPolicy } {
     const key = keyOf(policy);
     const before = this.#inForce.get(key);
-    const compiled = this.#cache.get(policy);
-    const after = compiled instanceof Error ? refusing(policy, compiled) : compiled;
+    let after: CompiledPolicy;
+    try {
+      const compiled = this.#cache.get(policy);
+      after = compiled instanceof Error ? refusing(policy, compiled) : compiled;
+    } catch (err) {
+      // Any fault compiling it: still in force, denying what it selects (never silently absent).
+      after = refusing(policy, err instanceof Error ? err : new Error(String(err)));
+    }
     if (before?.version !== after.version) this.generation++;
     this.#inForce.set(key, after);
     return { before, after };
@@ -80,7 +86,7 @@ function keyOf(p: Pick<AgentPolicy, "kind" | "metadata">): string {
  * registered, or by another version of Custody) still selects its tasks and
  * denies them, naming why: fail closed, never skipped.
  */
-function refusing(policy: AgentPolicy, err: ValidationError): CompiledPolicy {
+function refusing(policy: AgentPolicy, err: ValidationError | Error): CompiledPolicy {
   const message = `the policy does not compile: ${err.message}`.slice(0, 512);
   return {
     kind: policy.kind,

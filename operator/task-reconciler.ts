@@ -338,7 +338,14 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     // judged at once (revoke, reissue narrower, or only recorded).
     let policy: PolicyDecision | undefined;
     if (deps.policies && (decision.kind === "issue" || decision.kind === "wait")) {
-      const chainNow = accepted ? accepted.chain : task.status?.delegationChain;
+      // The chain as the credential will carry it (a root task's first
+      // issuance included), so the delegator is spelled the same every time.
+      const chainNow = accepted
+        ? accepted.chain
+        : (task.status?.delegationChain ??
+          (admission
+            ? rootChain(statusDelegatorOf(admission), { name, uid: task.metadata.uid ?? "" }, task.spec.scope)
+            : undefined));
       const rootTask = accepted ? deps.getTask(`${ns}/${accepted.chain[1]?.name ?? ""}`) : undefined;
       const selection = selectionFacts(task, admission, chainNow, rootGroupsOf(task, admission, rootTask));
       const stage = decision.kind === "issue" && decision.why === "RenewalDue" ? "renewal" : "issuance";
@@ -536,6 +543,12 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       notAfter: new Date(validity.notAfter).toISOString(),
       publicKeySha256: svid.publicKeySHA256,
     };
+    const narrowedByPolicy = decision.why === "PolicyChanged";
+    const policyStage = narrowedByPolicy
+      ? "policy-change"
+      : decision.why === "RenewalDue"
+        ? "renewal"
+        : "issuance";
     const renewing =
       (decision.why === "RenewalDue" || decision.why === "PolicyChanged") &&
       previousSerial !== undefined &&
@@ -550,7 +563,8 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       release();
     }
     async function issueAndDeliver() {
-      if (policy) await recordPolicyDecision(task, policy, renewing ? "renewal" : "issuance", chain);
+      // Recorded when a policy is in force (the default's "none" adds nothing to say).
+      if (policy && policy.version !== "none") await recordPolicyDecision(task, policy, policyStage, chain);
       if (renewing) {
         await record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain);
       } else {
@@ -620,8 +634,10 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         publicKeySHA256: svid.publicKeySHA256,
         secretName: credentialSecretName(name),
         // The certificate this one replaces stays valid (in copies) until its
-        // notAfter: a revocation must list it too.
-        ...(task.status?.certificate && Date.parse(task.status.certificate.notAfter) > t
+        // notAfter: a revocation must list it too. Not after a reissue forced
+        // by a narrower policy: the broader certificate must stop counting as
+        // the task's at once (token exchange, decisions).
+        ...(!narrowedByPolicy && task.status?.certificate && Date.parse(task.status.certificate.notAfter) > t
           ? {
               previousSerial: task.status.certificate.serial,
               previousNotAfter: task.status.certificate.notAfter,
@@ -1064,7 +1080,8 @@ function policyStatus(
 ): Pick<AgentTaskStatus, "policyVersion" | "policies" | "grantedScope" | "grantedTtl"> {
   return {
     policyVersion: policy?.version ?? "none",
-    ...(policy && policy.policies.length > 0 ? { policies: policy.policies.map((p) => ({ ...p })) } : {}),
+    // Present even when empty, so that merging over an older status drops a removed policy's entry.
+    policies: policy && policy.policies.length > 0 ? policy.policies.map((p) => ({ ...p })) : undefined,
     ...(grantedScope ? { grantedScope: [...grantedScope] } : {}),
     ...(grantedTtl ? { grantedTtl } : {}),
   };

@@ -137,6 +137,15 @@ export function compileExpression(source: string, field: string): Evaluator {
         `at most ${MAX_COMPREHENSION_NESTING} (rule cel-bounds)`,
     );
   }
+  const regex = usesFunction(parsed.ast, FORBIDDEN_FUNCTIONS);
+  if (regex) {
+    throw new ValidationError(
+      field,
+      "cel-bounds",
+      `${field}: ${regex}() is not allowed: the engine evaluates regular expressions by backtracking, whose cost ` +
+        "cannot be bounded; use startsWith, endsWith, contains or ==, (rule cel-bounds)",
+    );
+  }
   const checked = parsed.check();
   if (!checked.valid) throw celError(field, "cel-type", "type error", source, checked.error);
   if (checked.type !== "bool") {
@@ -204,6 +213,24 @@ const SAMPLE_FACTS: PolicyFacts = {
   resource: { type: "sample", id: "sample/a", properties: {} },
   context: {},
 };
+
+/** Functions refused at apply time: regular expressions run on a backtracking engine here, not RE2. */
+const FORBIDDEN_FUNCTIONS = new Set(["matches"]);
+
+function usesFunction(node: unknown, names: ReadonlySet<string>): string | undefined {
+  if (node === null || typeof node !== "object") return undefined;
+  const n = node as { op?: unknown; args?: unknown };
+  const args = Array.isArray(n.args) ? n.args : undefined;
+  if ((n.op === "call" || n.op === "rcall") && args && typeof args[0] === "string" && names.has(args[0])) {
+    return args[0];
+  }
+  const children = Array.isArray(n.args) ? n.args.flat() : [n.args];
+  for (const c of children) {
+    const found = usesFunction(c, names);
+    if (found) return found;
+  }
+  return undefined;
+}
 
 function comprehensionNesting(node: unknown): number {
   if (node === null || typeof node !== "object") return 0;

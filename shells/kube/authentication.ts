@@ -19,11 +19,15 @@ export function createTokenReviewer(
   capacity = 10_000,
 ) {
   const memo = new Map<string, { user: AuthenticatedUser; until: number }>();
+  // Refused tokens are remembered briefly too: a caller retrying a bad token
+  // must not turn each request into a TokenReview.
+  const refused = new Map<string, number>();
   return async (token: string): Promise<AuthenticatedUser | undefined> => {
     const key = createHash("sha256").update(token).digest("base64url");
     const now = Date.now();
     const hit = memo.get(key);
     if (hit && hit.until > now) return hit.user;
+    if ((refused.get(key) ?? 0) > now) return undefined;
     const res = await rest.post<{
       status?: {
         authenticated?: boolean;
@@ -39,6 +43,8 @@ export function createTokenReviewer(
     const s = res.status;
     // The API server lists the audiences it validated; one must be ours.
     if (!s?.authenticated || !s.user?.username || !(s.audiences ?? []).some((a) => audiences.includes(a))) {
+      if (refused.size >= capacity) refused.delete(refused.keys().next().value as string);
+      refused.set(key, now + Math.min(ttlMs, 5_000));
       return undefined;
     }
     const user: AuthenticatedUser = {

@@ -7,7 +7,6 @@
 // in Kafka with its policy version and in `custody audit`.
 import "reflect-metadata";
 import { spawnSync } from "node:child_process";
-import { createPrivateKey, webcrypto } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
@@ -18,6 +17,7 @@ import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { audienceFileName } from "../../core/jwt/audience-files.ts";
 import { parseRing, signingKey } from "../../core/jwt/keys.ts";
+import { selfSignedSpiffeCert } from "../support/certs.ts";
 import { eventually } from "../support/eventually.ts";
 import { readTopic } from "../support/kafka.ts";
 import { GROUP, startTestbed, type Testbed, VERSION } from "../support/testbed.ts";
@@ -296,7 +296,7 @@ describe("refusals", () => {
     const t = await bed.getTask<Task>("reader");
     const spiffe = t.status!.spiffeID!;
     const body = ask(spiffe, "read", "repos/acme/api");
-    const forged = await selfSigned(spiffe);
+    const forged = await selfSignedSpiffeCert(spiffe);
     const r1 = await post("/access/v1/evaluation", body, { bearer: gatewayToken, credential: forged.der });
     expect(r1.status).toBe(403);
     expect(String(r1.json.error_description)).toMatch(/X\.509-SVID is not valid/);
@@ -394,24 +394,3 @@ describe("reports and the audit trail", () => {
     );
   });
 });
-
-/** A self-signed certificate naming the agent's SPIFFE ID: not issued by Custody. */
-async function selfSigned(spiffeId: string): Promise<{ cert: string; key: string; der: string }> {
-  const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
-  const keys = (await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    name: "CN=impostor",
-    keys,
-    signingAlgorithm: alg,
-    notBefore: new Date(Date.now() - 60_000),
-    notAfter: new Date(Date.now() + 3_600_000),
-    extensions: [new x509.SubjectAlternativeNameExtension([{ type: "url", value: spiffeId }])],
-  });
-  const pkcs8 = await webcrypto.subtle.exportKey("pkcs8", keys.privateKey);
-  const key = createPrivateKey({ key: Buffer.from(pkcs8), format: "der", type: "pkcs8" });
-  return {
-    cert: cert.toString("pem"),
-    key: key.export({ format: "pem", type: "pkcs8" }).toString(),
-    der: Buffer.from(cert.rawData).toString("base64"),
-  };
-}

@@ -5,16 +5,16 @@
 // rotation happens while the file runs.
 import "reflect-metadata";
 import { spawnSync } from "node:child_process";
-import { createHash, createPrivateKey, webcrypto } from "node:crypto";
+import { createHash } from "node:crypto";
 import { request } from "node:https";
 import { join } from "node:path";
 import type { CoreV1Api } from "@kubernetes/client-node";
-import * as x509 from "@peculiar/x509";
 import { createRemoteJWKSet, customFetch, decodeProtectedHeader, jwtVerify, SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { chainDigest } from "../../core/delegation.ts";
 import { audienceFileName, TOKEN_EXCHANGE_FILE } from "../../core/jwt/audience-files.ts";
 import { parseRing, signingKey } from "../../core/jwt/keys.ts";
+import { selfSignedSpiffeCert } from "../support/certs.ts";
 import { eventually } from "../support/eventually.ts";
 import { readTopic } from "../support/kafka.ts";
 import { GROUP, startTestbed, type Testbed, VERSION } from "../support/testbed.ts";
@@ -375,7 +375,7 @@ describe("token exchange", () => {
         ],
         [
           "foreign client certificate",
-          foreignCert(child.status!.spiffeID!).then((c) =>
+          selfSignedSpiffeCert(child.status!.spiffeID!).then((c) =>
             exchange(c, { subject_token: subjectToken, audience: API }),
           ),
           "invalid_client",
@@ -499,21 +499,4 @@ async function hs256(claims: Record<string, unknown>, kid: string, publicPem: st
   return new SignJWT(claims)
     .setProtectedHeader({ alg: "HS256", kid, typ: "JWT" })
     .sign(new TextEncoder().encode(publicPem));
-}
-
-/** A self-signed certificate naming the agent's SPIFFE ID: not issued by Custody. */
-async function foreignCert(spiffeId: string): Promise<{ cert: string; key: string }> {
-  const alg = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
-  const keys = (await webcrypto.subtle.generateKey(alg, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    name: "CN=impostor",
-    keys,
-    signingAlgorithm: alg,
-    notBefore: new Date(Date.now() - 60_000),
-    notAfter: new Date(Date.now() + 3_600_000),
-    extensions: [new x509.SubjectAlternativeNameExtension([{ type: "url", value: spiffeId }])],
-  });
-  const pkcs8 = await webcrypto.subtle.exportKey("pkcs8", keys.privateKey);
-  const key = createPrivateKey({ key: Buffer.from(pkcs8), format: "der", type: "pkcs8" });
-  return { cert: cert.toString("pem"), key: key.export({ format: "pem", type: "pkcs8" }).toString() };
 }

@@ -305,7 +305,7 @@ describe("the API server calls the admission server over TLS", () => {
 });
 
 describe("Custody's webhook registration", () => {
-  it("applies the three webhooks as specified, updates the caBundle in place, and is removed", async () => {
+  it("applies the four webhooks as specified, updates the caBundle in place, and is removed", async () => {
     const url = `https://127.0.0.1:${server!.port}`;
     const namespaceSelector = { matchLabels: { [NS_LABEL]: suffix } };
     const applied = await applyRegistration(rest, {
@@ -329,6 +329,7 @@ describe("Custody's webhook registration", () => {
       "agenttasks.custody.dev",
       "pods.custody.dev",
       "workloads.custody.dev",
+      "agentpolicies.custody.dev",
     ]);
     const [agenttasks, pods, workloads] = got.webhooks;
     expect(agenttasks).toMatchObject({
@@ -398,6 +399,7 @@ describe("Custody's webhook registration", () => {
       bundle,
       bundle,
       bundle,
+      bundle,
     ]);
 
     // ca-bundle mode (a chart owns the object): only the caBundle changes.
@@ -405,6 +407,7 @@ describe("Custody's webhook registration", () => {
     expect(await patchCaBundle(rest, REAL_CONFIG, ca3.certPem)).toBe(true);
     const patched = (await getRegistration(rest, REAL_CONFIG))!;
     expect(patched.webhooks.map((w) => Buffer.from(w.clientConfig.caBundle!, "base64").toString())).toEqual([
+      ca3.certPem,
       ca3.certPem,
       ca3.certPem,
       ca3.certPem,

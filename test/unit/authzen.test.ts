@@ -128,7 +128,12 @@ function deferred() {
 type SetupOptions = Partial<AuthzenDeps> & { task?: AgentTask | undefined; rootTask?: AgentTask };
 
 function setup(over: SetupOptions = {}) {
-  const { task: given, rootTask, ...depsOver } = over;
+  // The agent above review-42 in its chain: Issued, so its delegation holds.
+  const {
+    task: given,
+    rootTask = task({ metadata: { name: "plan-1", uid: "uid-plan" } }),
+    ...depsOver
+  } = over;
   const current = "task" in over ? given : task();
   const rec = fakeRecorder();
   const logLines: string[] = [];
@@ -1252,5 +1257,40 @@ describe("under an intermediate CA (user-supplied hierarchy)", () => {
     );
     expect(a.status).toBe(200);
     expect(decisionOf(a).decision).toBe(true);
+  });
+});
+
+describe("the chain above the agent", () => {
+  it("denies as soon as an agent above the task is revoked, before the cascade reaches it", async () => {
+    const revokedParent = task({ metadata: { name: "plan-1", uid: "uid-plan" }, spec: { revoked: true } });
+    const { handler } = setup({ rootTask: revokedParent });
+    const a = await send(handler, post(EVALUATION, ask("read", "repos/acme/api")));
+    expect(decisionOf(a).decision).toBe(false);
+    expect(JSON.stringify(decisionOf(a).context)).toContain("ancestor plan-1 is revoked");
+  });
+});
+
+describe("request data bounds", () => {
+  it("refuses a context too large or too deep for rules to iterate cheaply", async () => {
+    const { handler } = setup();
+    const big = await send(
+      handler,
+      post(EVALUATION, {
+        ...ask("read", "repos/acme/api"),
+        context: { xs: Array.from({ length: 65 }, () => 1) },
+      }),
+    );
+    expect(big.status).toBe(400);
+    expect(String(big.json.error_description)).toContain("more than 64 items");
+    const deep = await send(
+      handler,
+      post(EVALUATION, { ...ask("read", "repos/acme/api"), context: { a: { b: { c: { d: { e: 1 } } } } } }),
+    );
+    expect(deep.status).toBe(400);
+    const heavy = await send(
+      handler,
+      post(EVALUATION, { ...ask("read", "repos/acme/api"), context: { s: "x".repeat(5000) } }),
+    );
+    expect(heavy.status).toBe(400);
   });
 });

@@ -661,3 +661,21 @@ describe("descendantsOf", () => {
     expect(elapsed).toBeLessThan(1000);
   });
 });
+
+describe("a parent narrowed by policy", () => {
+  it("holds only its granted scope and ttl: a child asking for what policy dropped is denied", () => {
+    const root = task("root", { scope: ["read:repos/*", "write:repos/*"], ttl: "1h" });
+    root.status = { ...root.status, grantedScope: ["read:repos/*"], grantedTtl: "15m" };
+    const wantsDropped = refused(
+      evaluate([root, task("child", { parent: "root", scope: ["write:repos/a"], ttl: "10m" })]),
+    );
+    expect(wantsDropped).toMatchObject({ kind: "deny", reason: "ScopeEscalation", field: "spec.scope[0]" });
+    const tooLong = refused(
+      evaluate([root, task("child", { parent: "root", scope: ["read:repos/a"], ttl: "30m" })]),
+    );
+    expect(tooLong).toMatchObject({ kind: "deny", reason: "TtlExceedsParent" });
+    expect(evaluate([root, task("child", { parent: "root", scope: ["read:repos/a"], ttl: "10m" })]).ok).toBe(
+      true,
+    );
+  });
+});

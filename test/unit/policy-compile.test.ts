@@ -682,3 +682,18 @@ describe("policy context", () => {
     expect(f.task.scope).toHaveLength(2);
   });
 });
+
+describe("regular expressions", () => {
+  it("refuses matches() at apply time: backtracking regexes have no cost bound", () => {
+    const e = (() => {
+      try {
+        compileExpression("resource.id.matches('^(a+)+$')", "spec.rules[0].deny");
+      } catch (err) {
+        return err as { field: string; rule: string; message: string };
+      }
+      throw new Error("expected a refusal");
+    })();
+    expect(e).toMatchObject({ field: "spec.rules[0].deny", rule: "cel-bounds" });
+    expect(e.message).toContain("matches() is not allowed");
+  });
+});

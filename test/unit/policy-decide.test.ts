@@ -487,7 +487,8 @@ describe("decide", () => {
     });
 
     it("the budget is per policy: only the slow one is named", () => {
-      const readings = [0, 1, 100, 200];
+      // a: 1 ms; b: 100 ms, and 100 ms again when timed a second time.
+      const readings = [0, 1, 100, 200, 300, 400];
       const clock = () => readings.shift()!;
       const d = decide([other, permit], facts(), { defaultDecision: "allow", budgetMs: 50, clock });
       expect(d.allowed).toBe(false);
@@ -495,6 +496,48 @@ describe("decide", () => {
       expect(d.reasons[0]).toContain("b-permit");
       expect(d.reasons[0]).not.toContain("a-permit");
     });
+  });
+});
+
+describe("the time budget and a pause of the process", () => {
+  it("does not deny when only the first timing ran over (a pause), and denies when both did", () => {
+    const slowOnce = compilePolicy({
+      kind: "ClusterAgentPolicy",
+      metadata: { name: "slow-once" },
+      spec: { rules: [{ name: "r", deny: "false" }] },
+    });
+    const facts0 = {
+      task: {
+        name: "t",
+        namespace: "ns",
+        uid: "u",
+        labels: {},
+        agent: { name: "a", model: { provider: "", name: "", version: "" }, tools: [], labels: {} },
+        scope: ["read:a"],
+        ttlSeconds: 3600,
+        audiences: [],
+        parent: "",
+      },
+      delegator: { kind: "User", name: "alice", groups: [] },
+      chain: [],
+      stage: "issuance" as const,
+      now: 0,
+    };
+    const paused = [0, 100, 200, 201];
+    const once = decide([slowOnce], facts0, {
+      defaultDecision: "allow",
+      budgetMs: 50,
+      clock: () => paused.shift()!,
+    });
+    expect(once.allowed).toBe(true);
+    const slow = [0, 100, 200, 300];
+    const twice = decide([slowOnce], facts0, {
+      defaultDecision: "allow",
+      budgetMs: 50,
+      clock: () => slow.shift()!,
+    });
+    expect(twice.allowed).toBe(false);
+    expect(twice.reasons[0]).toContain("past its 50 ms budget");
   });
 });
 
