@@ -547,8 +547,14 @@ async function main(): Promise<void> {
   });
   // Only the leader writes bundles: a standby's view of the revoked list is
   // not authoritative, and two writers would overwrite each other.
+  // Only where this installation has tasks of its own (records its admission
+  // key signed): another installation's namespaces are the other's to
+  // publish, and two writers of one ConfigMap would rewrite it forever.
+  const servesNamespace = (ns: string) =>
+    (goneRevoked.get(ns)?.size ?? 0) > 0 ||
+    tasks.list(ns).some((c) => recordOf(JSON.parse(c.json) as AgentTask) !== undefined);
   const ensureBundle = async (ns: string) => {
-    if (!leading) return;
+    if (!leading || !servesNamespace(ns)) return;
     await bundles
       .ensure(ns)
       .catch((err: unknown) =>
