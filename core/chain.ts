@@ -68,6 +68,8 @@ export interface ChainAccepted {
   readonly effectiveDeadline: string | undefined;
   /** Whether `effectiveDeadline` comes from an ancestor rather than the task's own spec.deadline. */
   readonly deadlineInherited: boolean;
+  /** The parent's granted ttl when a policy shortened it: a child's certificates live no longer. */
+  readonly ttlCapMs?: number;
 }
 
 export interface ChainRefused {
@@ -243,12 +245,23 @@ function parseChildScope(child: AgentTask): Grant[] | ChainRefused {
   }
 }
 
-function parseTtlOf(task: AgentTask, field: string, granted?: string): number | ValidationError {
+function parseTtlOf(task: AgentTask, field: string): number | ValidationError {
   try {
-    return parseTtl(granted ?? task.spec.ttl ?? DEFAULT_TTL, field);
+    return parseTtl(task.spec.ttl ?? DEFAULT_TTL, field);
   } catch (e) {
     if (e instanceof ValidationError) return e;
     throw e;
+  }
+}
+
+/** The parent's status.grantedTtl in ms, when it has a parseable one. */
+function ttlCapOf(parent: AgentTask): number | undefined {
+  const granted = parent.status?.grantedTtl;
+  if (granted === undefined) return undefined;
+  try {
+    return parseTtl(granted, "status.grantedTtl");
+  } catch {
+    return undefined;
   }
 }
 
@@ -305,8 +318,9 @@ function childWithinParent(
 
   const childTtl = parseTtlOf(child, "spec.ttl");
   if (childTtl instanceof ValidationError) return deny("InvalidSpec", childTtl.field, childTtl.message);
-  // A policy may have shortened the parent's certificates (status.grantedTtl).
-  const parentTtl = parseTtlOf(parent, "spec.ttl", parent.status?.grantedTtl);
+  // Against the parent's spec: a policy that shortened only the parent's
+  // certificates caps its children's (ttlCapMs), it does not deny them.
+  const parentTtl = parseTtlOf(parent, "spec.ttl");
   if (parentTtl instanceof ValidationError) {
     return deny("ParentInvalid", PARENT_FIELD, `${PARENT_FIELD}: parent ${parentName}: ${parentTtl.message}`);
   }
@@ -471,6 +485,7 @@ export function evaluateChain(task: AgentTask, lookup: ChainLookup, options: Cha
     parent: ancestors[0]!,
     effectiveDeadline: within.effectiveDeadline,
     deadlineInherited: within.deadlineInherited,
+    ...(ttlCapOf(ancestors[0]!) !== undefined ? { ttlCapMs: ttlCapOf(ancestors[0]!)! } : {}),
   };
 }
 

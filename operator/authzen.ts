@@ -32,7 +32,7 @@ import type { Logger } from "../shells/log.ts";
 import { ancestorProblem } from "./identity-endpoint.ts";
 import { issuanceFacts, type PolicyStore, selectionFacts } from "./policies.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
-import { liveSerials } from "./task-reconciler.ts";
+import { currentSerials } from "./task-reconciler.ts";
 
 export const EVALUATION_PATH = "/access/v1/evaluation";
 export const EVALUATIONS_PATH = "/access/v1/evaluations";
@@ -452,7 +452,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
         ...none,
       };
     }
-    if (agent.serial !== undefined && !liveSerials(task, t).includes(agent.serial)) {
+    if (agent.serial !== undefined && !currentSerials(task, t).includes(agent.serial)) {
       return {
         allowed: false,
         reasons: ["the X.509-SVID is not the task's current certificate (revoked or replaced)"],
@@ -521,7 +521,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
         "the credential was issued to an earlier task of this name",
       );
     }
-    if (agent.serial !== undefined && !liveSerials(task, now()).includes(agent.serial)) {
+    if (agent.serial !== undefined && !currentSerials(task, now()).includes(agent.serial)) {
       throw new Refusal(403, "invalid_credential", "the X.509-SVID is not the task's current certificate");
     }
     // One bucket per reporter and agent, charged only for a report that

@@ -40,7 +40,7 @@ import {
 import type { Logger } from "../shells/log.ts";
 import { WebhookServingCert } from "../webhook/serving-cert.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
-import { liveSerials } from "./task-reconciler.ts";
+import { currentSerials } from "./task-reconciler.ts";
 
 export interface IdentityEndpointDeps {
   issuer: string;
@@ -343,7 +343,7 @@ function factsOf(task: AgentTask, t: number): TaskFacts {
     audiences: task.spec.audiences ?? [],
     // What the credential carries: policy may have dropped grants.
     scope: s?.grantedScope ?? task.spec.scope,
-    liveSerials: liveSerials(task, t),
+    liveSerials: currentSerials(task, t),
     certificateNotAfter: s?.certificate ? Date.parse(s.certificate.notAfter) : undefined,
     deadline: task.spec.deadline ? Date.parse(task.spec.deadline) : undefined,
   };

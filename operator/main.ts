@@ -56,7 +56,7 @@ import {
 } from "./resources.ts";
 import { loadOrCreateSigningKey } from "./signing-keys.ts";
 import { CredentialIndex, createTaskReconciler } from "./task-reconciler.ts";
-import { CONTENT_HASH_ANNOTATION, TrustBundlePublisher } from "./trust-bundle.ts";
+import { CONTENT_HASH_ANNOTATION, INSTALLATION_ANNOTATION, TrustBundlePublisher } from "./trust-bundle.ts";
 
 interface SecretMeta {
   /** The Secret's controller ownerReference names the AgentTask of its label. */
@@ -184,7 +184,12 @@ async function main(): Promise<void> {
       ),
     };
   };
-  const bundles = new TrustBundlePublisher(rest, log.child("trust-bundle"), bundleBase());
+  const bundles = new TrustBundlePublisher(
+    rest,
+    log.child("trust-bundle"),
+    bundleBase(),
+    caFingerprint(ca.certDer),
+  );
 
   // 10,000 tasks must fit in ~150 MB: the cache keeps each task as its JSON
   // text (a few KB as one string, instead of a tree of small objects) and
@@ -231,7 +236,10 @@ async function main(): Promise<void> {
       metadata: {
         name: c.metadata.name,
         namespace: c.metadata.namespace,
-        annotations: { [CONTENT_HASH_ANNOTATION]: c.metadata.annotations?.[CONTENT_HASH_ANNOTATION] ?? "" },
+        annotations: {
+          [CONTENT_HASH_ANNOTATION]: c.metadata.annotations?.[CONTENT_HASH_ANNOTATION] ?? "",
+          [INSTALLATION_ANNOTATION]: c.metadata.annotations?.[INSTALLATION_ANNOTATION] ?? "",
+        },
       },
       // The published revocation list is itself the durable record of
       // revocations whose tasks are gone: kept (and merged) until notAfter.
@@ -525,7 +533,9 @@ async function main(): Promise<void> {
       credentialIndex.set(
         key,
         s.metadata.annotations?.[SERIAL_ANNOTATION] || undefined,
-        ourCas.has(s.metadata.annotations?.[ISSUER_CA_ANNOTATION] ?? ""),
+        // Secrets written before the annotation existed count as ours (as before).
+        !s.metadata.annotations?.[ISSUER_CA_ANNOTATION] ||
+          ourCas.has(s.metadata.annotations[ISSUER_CA_ANNOTATION]),
       );
       const due = s.metadata.annotations?.[JWT_REFRESH_ANNOTATION];
       if (due) credentialIndex.setTokensRefreshAt(key, Number(due));
@@ -550,9 +560,18 @@ async function main(): Promise<void> {
   // Only where this installation has tasks of its own (records its admission
   // key signed): another installation's namespaces are the other's to
   // publish, and two writers of one ConfigMap would rewrite it forever.
-  const servesNamespace = (ns: string) =>
-    (goneRevoked.get(ns)?.size ?? 0) > 0 ||
-    tasks.list(ns).some((c) => recordOf(JSON.parse(c.json) as AgentTask) !== undefined);
+  const servesNamespace = (ns: string) => {
+    const marker = bundleMaps.get(`${ns}/${TRUST_BUNDLE_CONFIGMAP}`)?.metadata.annotations?.[
+      INSTALLATION_ANNOTATION
+    ];
+    // Unclaimed, or ours: publish (revocations included, whatever became of the records).
+    if (!marker || ourCas.has(marker)) return true;
+    // Another installation's: only where we have tasks of our own there too.
+    return (
+      (goneRevoked.get(ns)?.size ?? 0) > 0 ||
+      tasks.list(ns).some((c) => recordOf(JSON.parse(c.json) as AgentTask) !== undefined)
+    );
+  };
   const ensureBundle = async (ns: string) => {
     if (!leading || !servesNamespace(ns)) return;
     await bundles
@@ -591,7 +610,8 @@ async function main(): Promise<void> {
   // Policies: compiled once per version; a change re-evaluates the tasks the
   // old or the new version selects (revoke, reissue narrower, or record).
   const onPolicy = (before: CompiledPolicy | undefined, after: CompiledPolicy | undefined) => {
-    if (!tasks.hasSynced()) return;
+    // Only the leader reconciles; a new leader goes over every task anyway.
+    if (!leading || !tasks.hasSynced()) return;
     for (const c of tasks.list()) {
       const t = JSON.parse(c.json) as AgentTask;
       // A sub-agent's root delegator groups are its root task's (as the reconciler reads them).

@@ -470,7 +470,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       task: name,
     });
     const grantedScope = policy ? [...policy.scope] : [...spec.scope];
-    const ttlMs = Math.min(decision.ttlMs, policy?.maxTtlMs ?? Number.POSITIVE_INFINITY);
+    const ttlMs = Math.min(
+      decision.ttlMs,
+      policy?.maxTtlMs ?? Number.POSITIVE_INFINITY,
+      accepted?.ttlCapMs ?? Number.POSITIVE_INFINITY,
+    );
     const validity = validityWindow({
       now: t,
       ttlMs,
@@ -634,13 +638,14 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         publicKeySHA256: svid.publicKeySHA256,
         secretName: credentialSecretName(name),
         // The certificate this one replaces stays valid (in copies) until its
-        // notAfter: a revocation must list it too. Not after a reissue forced
-        // by a narrower policy: the broader certificate must stop counting as
-        // the task's at once (token exchange, decisions).
-        ...(!narrowedByPolicy && task.status?.certificate && Date.parse(task.status.certificate.notAfter) > t
+        // notAfter: a revocation must list it too. After a reissue forced by
+        // a narrower policy the broader one stops counting as the task's at
+        // once (token exchange, decisions), yet stays listed for revocation.
+        ...(task.status?.certificate && Date.parse(task.status.certificate.notAfter) > t
           ? {
               previousSerial: task.status.certificate.serial,
               previousNotAfter: task.status.certificate.notAfter,
+              ...(narrowedByPolicy ? { previousSuperseded: true } : {}),
             }
           : {}),
       },
@@ -978,7 +983,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       // 422: the test failed (another certificate now); the next pass looks again.
       if (err instanceof KubeApiError && err.code === 422) {
         deps.credentials.setTokensRefreshAt(key, undefined);
-        return t + 1000;
+        return t + 5000;
       }
       if (!isNotFound(err)) throw err;
       // Gone meanwhile: the next pass reissues the whole credential.
@@ -1215,6 +1220,13 @@ export function liveSerials(task: AgentTask, t: number): string[] {
   if (c.previousSerial && c.previousNotAfter && Date.parse(c.previousNotAfter) > t)
     serials.push(c.previousSerial);
   return serials;
+}
+
+/** The serials that authenticate the task now: a certificate a narrowing policy superseded does not. */
+export function currentSerials(task: AgentTask, t: number): string[] {
+  const c = task.status?.certificate;
+  const live = liveSerials(task, t);
+  return c?.previousSuperseded ? live.filter((s) => s !== c.previousSerial) : live;
 }
 
 function scopeOf(task: AgentTask): string[] {

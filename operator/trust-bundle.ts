@@ -25,6 +25,8 @@ export interface BundleContent {
 }
 
 export const CONTENT_HASH_ANNOTATION = "custody.dev/content-sha256";
+/** Which installation publishes the bundle (its issuing CA's fingerprint): another leaves it alone. */
+export const INSTALLATION_ANNOTATION = "custody.dev/installation";
 
 export class TrustBundlePublisher {
   readonly #rest: KubeRest;
@@ -37,7 +39,10 @@ export class TrustBundlePublisher {
   /** Namespace → its content with revoked.txt, and that content's hash (computed once per change). */
   readonly #withRevoked = new Map<string, { content: BundleContent; hash: string }>();
 
-  constructor(rest: KubeRest, log: Logger, content: BundleContent) {
+  readonly #installation: string | undefined;
+
+  constructor(rest: KubeRest, log: Logger, content: BundleContent, installation?: string) {
+    this.#installation = installation;
     this.#rest = rest;
     this.#log = log;
     this.#content = content;
@@ -113,7 +118,10 @@ export class TrustBundlePublisher {
         name: TRUST_BUNDLE_CONFIGMAP,
         namespace,
         labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "trust-bundle" },
-        annotations: { [CONTENT_HASH_ANNOTATION]: hash },
+        annotations: {
+          [CONTENT_HASH_ANNOTATION]: hash,
+          ...(this.#installation ? { [INSTALLATION_ANNOTATION]: this.#installation } : {}),
+        },
       },
       data: { ...content },
     };

@@ -461,6 +461,13 @@ export const CertificateStatusSchema = z
           "so a revocation lists it too.",
       ),
     previousNotAfter: timestamp("End of validity of the previous certificate.").optional(),
+    previousSuperseded: z
+      .boolean()
+      .optional()
+      .describe(
+        "The previous certificate was replaced because a policy narrowed the task: it no longer counts as the " +
+          "task's (token exchange, decisions), and a revocation still lists it until previousNotAfter.",
+      ),
   })
   .describe("The current certificate.");
 

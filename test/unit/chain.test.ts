@@ -663,15 +663,19 @@ describe("descendantsOf", () => {
 });
 
 describe("a parent narrowed by policy", () => {
-  it("holds only its granted scope and ttl: a child asking for what policy dropped is denied", () => {
+  it("holds only its granted scope (a child asking for what policy dropped is denied) and caps its children's ttl", () => {
     const root = task("root", { scope: ["read:repos/*", "write:repos/*"], ttl: "1h" });
     root.status = { ...root.status, grantedScope: ["read:repos/*"], grantedTtl: "15m" };
     const wantsDropped = refused(
       evaluate([root, task("child", { parent: "root", scope: ["write:repos/a"], ttl: "10m" })]),
     );
     expect(wantsDropped).toMatchObject({ kind: "deny", reason: "ScopeEscalation", field: "spec.scope[0]" });
+    // A longer ttl than the parent's grant is capped, not denied: only the parent was narrowed.
+    const longer = evaluate([root, task("child", { parent: "root", scope: ["read:repos/a"], ttl: "30m" })]);
+    expect(longer).toMatchObject({ ok: true, ttlCapMs: 15 * 60_000 });
+    // Beyond the parent's spec ttl it is still denied.
     const tooLong = refused(
-      evaluate([root, task("child", { parent: "root", scope: ["read:repos/a"], ttl: "30m" })]),
+      evaluate([root, task("child", { parent: "root", scope: ["read:repos/a"], ttl: "2h" })]),
     );
     expect(tooLong).toMatchObject({ kind: "deny", reason: "TtlExceedsParent" });
     expect(evaluate([root, task("child", { parent: "root", scope: ["read:repos/a"], ttl: "10m" })]).ok).toBe(

@@ -532,6 +532,33 @@ describe("refusals", () => {
     await refusedWith({ getTask: () => renewed }, await subjectToken(), {}, "invalid_client", 401);
   });
 
+  it("refuses the certificate a narrowing policy superseded, and accepts it while it is merely renewed-away", async () => {
+    const replaced = (superseded: boolean) =>
+      task({
+        status: {
+          certificate: {
+            ...task().status!.certificate!,
+            serial: "0abc",
+            previousSerial: minted.serialHex,
+            previousNotAfter: new Date(NOW + HOUR).toISOString(),
+            ...(superseded ? { previousSuperseded: true } : {}),
+          },
+        },
+      });
+    await refusedWith(
+      { getTask: (k) => (k === "team-a/review-42" ? replaced(true) : parentTask()) },
+      await subjectToken(),
+      {},
+      "invalid_client",
+      401,
+    );
+    const renewedAway = setup({
+      getTask: (k) => (k === "team-a/review-42" ? replaced(false) : parentTask()),
+    });
+    const r = await renewedAway.handler(tokenRequest(form(await subjectToken())));
+    expect(r.status, r.body).toBe(200);
+  });
+
   it("looks the task up by the namespace and name of sub", async () => {
     const s = setup();
     await s.handler(tokenRequest(form(await subjectToken())));
@@ -594,3 +621,8 @@ describe("token exchange under a revoked ancestor", () => {
     expect(calls.map((c) => c.type)).toEqual(["dev.custody.task.token.refused"]);
   });
 });
+
+/** The agent above review-42 in its chain, Issued. */
+function parentTask(): AgentTask {
+  return { ...task(), metadata: { name: "plan-1", namespace: "team-a", uid: "uid-plan" } } as AgentTask;
+}

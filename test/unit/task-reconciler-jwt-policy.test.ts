@@ -441,7 +441,7 @@ describe("JWT-SVID refresh", () => {
     h.credentials.setTokensRefreshAt(KEY, h.T - 1000);
     const result = await h.reconciler.reconcile(KEY);
     expect(h.calls).toEqual(["record dev.custody.task.jwtsvid.issued", SECRET_PATCH]);
-    expect(result).toEqual({ requeueAfterMs: 1000 });
+    expect(result).toEqual({ requeueAfterMs: 5000 });
     // The next pass re-reads the Secret's state rather than trusting the old due time.
     expect(h.credentials.tokensRefreshAt(KEY)).toBeUndefined();
   });
@@ -637,8 +637,10 @@ describe("a policy change while a credential is held", () => {
     const status = statusOf(h.bodies[STATUS]);
     expect(status.phase).toBe("Issued");
     expect(status.certificate!.serial).toBe(renewed.certificate.serial);
-    // The broader certificate no longer counts as the task's (token exchange, decisions).
-    expect(status.certificate!.previousSerial).toBeUndefined();
+    // The broader certificate no longer counts as the task's (token exchange,
+    // decisions), yet stays listed so that a revocation names it.
+    expect(status.certificate!.previousSerial).toBe(before.certificate!.serial);
+    expect(status.certificate!.previousSuperseded).toBe(true);
     expect(status.policyVersion).toBe(versionOf(tighter));
     expect(status.grantedTtl).toBe("10m");
     expect(ready(status)?.reason).toBe("Renewed");
