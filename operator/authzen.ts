@@ -23,13 +23,12 @@ import type { JwtKey } from "../core/jwt/keys.ts";
 import { type ActionDecision, decideAction } from "../core/policy/action.ts";
 import { canonicalize } from "../core/provenance/canonical-json.ts";
 import type { DelegationContext } from "../core/provenance/events.ts";
-import { parseTaskSpiffeId } from "../core/spiffe.ts";
 import { verifySvid, X509Error } from "../core/x509/index.ts";
 import { fromPem } from "../core/x509/pem.ts";
 import type { IdentityRequest, IdentityResponse } from "../shells/https/identity-server.ts";
 import type { AuthenticatedUser } from "../shells/kube/authentication.ts";
 import type { Logger } from "../shells/log.ts";
-import { ancestorProblem } from "./identity-endpoint.ts";
+import { ancestorProblem, taskOfSpiffeId } from "./identity-endpoint.ts";
 import { issuanceFacts, type PolicyStore, selectionFacts } from "./policies.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
 import { currentSerials } from "./task-reconciler.ts";
@@ -574,14 +573,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
   // ---------------------------------------------------------------- helpers
 
   function taskOf(spiffeId: string): AgentTask | undefined {
-    try {
-      const id = parseTaskSpiffeId(spiffeId, "subject.id");
-      if (id.trustDomain !== deps.trustDomain) return undefined;
-      const task = deps.getTask(`${id.namespace}/${id.task}`);
-      return task && task.spec.agent.name === id.agent ? task : undefined;
-    } catch {
-      return undefined;
-    }
+    return taskOfSpiffeId(spiffeId, deps.trustDomain, deps.getTask);
   }
 
   function record(...args: Parameters<ProvenanceRecorder["record"]>): Promise<void> {

@@ -255,14 +255,7 @@ export function createIdentityHandler(
   }
 
   function taskOf(spiffeId: string): AgentTask | undefined {
-    try {
-      const id = parseTaskSpiffeId(spiffeId, "sub");
-      if (id.trustDomain !== deps.trustDomain) return undefined;
-      const task = deps.getTask(`${id.namespace}/${id.task}`);
-      return task && task.spec.agent.name === id.agent ? task : undefined;
-    } catch {
-      return undefined;
-    }
+    return taskOfSpiffeId(spiffeId, deps.trustDomain, deps.getTask);
   }
 
   function record(...args: Parameters<ProvenanceRecorder["record"]>): Promise<void> {
@@ -481,4 +474,23 @@ export function ancestorProblem(
     if (a.status?.phase !== "Issued") return `ancestor ${name} is ${a.status?.phase ?? "not issued"}`;
   }
   return undefined;
+}
+
+/**
+ * The task a SPIFFE ID names, if this trust domain's and the task of that
+ * name is still that agent's (a task re-created for another agent is not it).
+ */
+export function taskOfSpiffeId(
+  spiffeId: string,
+  trustDomain: string,
+  getTask: (key: string) => AgentTask | undefined,
+): AgentTask | undefined {
+  try {
+    const id = parseTaskSpiffeId(spiffeId, "spiffeId");
+    if (id.trustDomain !== trustDomain) return undefined;
+    const task = getTask(`${id.namespace}/${id.task}`);
+    return task && task.spec.agent.name === id.agent ? task : undefined;
+  } catch {
+    return undefined;
+  }
 }
