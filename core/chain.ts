@@ -476,6 +476,7 @@ export function evaluateChain(task: AgentTask, lookup: ChainLookup, options: Cha
   }
   const tasks = [...ancestors].reverse();
   tasks.push(task);
+  const ttlCap = ttlCapOf(ancestors[0]!);
   return {
     ok: true,
     chain: [principal, ...tasks.map(taskLink)],
@@ -485,7 +486,7 @@ export function evaluateChain(task: AgentTask, lookup: ChainLookup, options: Cha
     parent: ancestors[0]!,
     effectiveDeadline: within.effectiveDeadline,
     deadlineInherited: within.deadlineInherited,
-    ...(ttlCapOf(ancestors[0]!) !== undefined ? { ttlCapMs: ttlCapOf(ancestors[0]!)! } : {}),
+    ...(ttlCap !== undefined ? { ttlCapMs: ttlCap } : {}),
   };
 }
 

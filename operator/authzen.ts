@@ -29,9 +29,9 @@ import type { IdentityRequest, IdentityResponse } from "../shells/https/identity
 import type { AuthenticatedUser } from "../shells/kube/authentication.ts";
 import type { Logger } from "../shells/log.ts";
 import { ancestorProblem, taskOfSpiffeId } from "./identity-endpoint.ts";
-import { issuanceFacts, type PolicyStore, selectionFacts } from "./policies.ts";
+import { issuanceFacts, type PolicyStore, rootDelegatorGroups, selectionFacts } from "./policies.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
-import { currentSerials } from "./task-reconciler.ts";
+import { currentSerials, isDeleting } from "./task-reconciler.ts";
 
 export const EVALUATION_PATH = "/access/v1/evaluation";
 export const EVALUATIONS_PATH = "/access/v1/evaluations";
@@ -158,7 +158,6 @@ interface Agent {
   /** For an X.509-SVID: its serial (must be live); for a JWT-SVID: its task uid and audiences. */
   readonly serial?: string;
   readonly taskUid?: string;
-  readonly audience?: readonly string[];
 }
 
 export function createAuthzenHandler(deps: AuthzenDeps) {
@@ -393,11 +392,29 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
     }
     const t = now();
     const task = taskOf(agent.spiffeId);
+    // Everything about the task is the same for every item: worked out once.
+    const prepared = task ? prepare(task, agent, t) : { denied: deny("no task holds this identity") };
+    const recorded = task && contextOf(task);
     return Promise.all(
       items.map(async (e) => {
-        const decision = decideFor(task, agent, e, t);
+        const decision =
+          "denied" in prepared
+            ? prepared.denied
+            : decideAction({
+                ...prepared,
+                request: {
+                  action: e.action.name,
+                  ...(e.action.properties ? { actionProperties: e.action.properties } : {}),
+                  resource: {
+                    type: e.resource.type,
+                    id: e.resource.id,
+                    ...(e.resource.properties ? { properties: e.resource.properties } : {}),
+                  },
+                  ...(e.context ? { context: e.context } : {}),
+                },
+                options: { defaultDecision: deps.policies.defaultDecision, budgetMs: deps.policies.budgetMs },
+              });
         const id = randomUUID();
-        const recorded = task && contextOf(task);
         let allowed = decision.allowed;
         const reasons = [...decision.reasons];
         if (recorded) {
@@ -441,22 +458,21 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
     );
   }
 
-  function decideFor(task: AgentTask | undefined, agent: Agent, e: Evaluation, t: number): ActionDecision {
-    const none = { version: "none", policies: [] };
-    if (!task) return { allowed: false, reasons: ["no task holds this identity"], ...none };
+  /**
+   * What a decision about this agent needs of its task, or the denial that
+   * ends it before any rule runs (another task's credential, a replaced
+   * certificate, an ancestor that no longer holds its delegation).
+   */
+  function prepare(
+    task: AgentTask,
+    agent: Agent,
+    t: number,
+  ): { denied: ActionDecision } | Pick<Parameters<typeof decideAction>[0], "facts" | "state" | "policies"> {
     if (agent.taskUid !== undefined && agent.taskUid !== task.metadata.uid) {
-      return {
-        allowed: false,
-        reasons: ["the credential was issued to an earlier task of this name"],
-        ...none,
-      };
+      return { denied: deny("the credential was issued to an earlier task of this name") };
     }
     if (agent.serial !== undefined && !currentSerials(task, t).includes(agent.serial)) {
-      return {
-        allowed: false,
-        reasons: ["the X.509-SVID is not the task's current certificate (revoked or replaced)"],
-        ...none,
-      };
+      return { denied: deny("the X.509-SVID is not the task's current certificate (revoked or replaced)") };
     }
     const chain = task.status?.delegationChain ?? [];
     const above = chain
@@ -464,39 +480,26 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
       .map((l) => l.name)
       .slice(0, -1);
     const ancestor = ancestorProblem(task, above, deps.getTask);
-    if (ancestor) return { allowed: false, reasons: [ancestor], ...none };
+    if (ancestor) return { denied: deny(ancestor) };
     const record = deps.recordOf(task);
-    const rootTask = task.spec.parentRef
-      ? deps.getTask(`${task.metadata.namespace}/${chain[1]?.name ?? ""}`)
-      : undefined;
-    const groups = task.spec.parentRef
-      ? (rootTask?.status?.delegator?.groups ?? [])
-      : (record?.delegator.groups ?? []);
-    const selection = selectionFacts(task, record, chain, groups);
-    const facts = issuanceFacts(task, selection, chain, "action", t);
+    const selection = selectionFacts(
+      task,
+      record,
+      chain,
+      rootDelegatorGroups(task, record, chain, deps.getTask),
+    );
     const cert = task.status?.certificate;
-    return decideAction({
-      facts,
+    return {
+      facts: issuanceFacts(task, selection, chain, "action", t),
       state: {
         phase: task.status?.phase,
         revoked: task.spec.revoked === true,
-        deleting: (task.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined,
+        deleting: isDeleting(task),
         notAfter: cert ? Date.parse(cert.notAfter) : undefined,
         grantedScope: task.status?.grantedScope ?? task.spec.scope,
       },
-      request: {
-        action: e.action.name,
-        ...(e.action.properties ? { actionProperties: e.action.properties } : {}),
-        resource: {
-          type: e.resource.type,
-          id: e.resource.id,
-          ...(e.resource.properties ? { properties: e.resource.properties } : {}),
-        },
-        ...(e.context ? { context: e.context } : {}),
-      },
       policies: deps.policies.select(selection),
-      options: { defaultDecision: deps.policies.defaultDecision, budgetMs: deps.policies.budgetMs },
-    });
+    };
   }
 
   // ---------------------------------------------------------------- reports
@@ -579,6 +582,11 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
   function record(...args: Parameters<ProvenanceRecorder["record"]>): Promise<void> {
     return recordWithin(deps.recorder, timeoutMs, ...args);
   }
+}
+
+/** A denial decided before any policy ran. */
+function deny(reason: string): ActionDecision {
+  return { allowed: false, reasons: [reason], version: "none", policies: [] };
 }
 
 function parseJson(req: IdentityRequest): unknown {

@@ -40,7 +40,7 @@ import {
 import type { Logger } from "../shells/log.ts";
 import { WebhookServingCert } from "../webhook/serving-cert.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
-import { currentSerials } from "./task-reconciler.ts";
+import { currentSerials, isDeleting } from "./task-reconciler.ts";
 
 export interface IdentityEndpointDeps {
   issuer: string;
@@ -162,11 +162,12 @@ export function createIdentityHandler(
         jti,
         custody: subject.custody,
       });
+      const context = contextOf(task!, subject);
       await record(
         "dev.custody.task.token.exchanged",
         subject.sub,
         {
-          context: contextOf(task!, subject),
+          context,
           audience: grant.audience,
           scope: [...grant.scope],
           jti,
@@ -177,7 +178,7 @@ export function createIdentityHandler(
           client: { spiffeId: client.spiffeId, serial: client.serialHex },
           subjectTokenJti: subject.jti,
         },
-        contextOf(task!, subject).rootUid,
+        context.rootUid,
       ).catch((err: unknown) => {
         deps.log.warn("token exchange not recorded: refused", {
           error: err instanceof Error ? err.message : String(err),
@@ -332,7 +333,7 @@ function factsOf(task: AgentTask, t: number): TaskFacts {
     spiffeId: s?.spiffeID,
     phase: s?.phase,
     revoked: task.spec.revoked === true,
-    deleting: (task.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined,
+    deleting: isDeleting(task),
     audiences: task.spec.audiences ?? [],
     // What the credential carries: policy may have dropped grants.
     scope: s?.grantedScope ?? task.spec.scope,
@@ -469,8 +470,7 @@ export function ancestorProblem(
     const a = getTask(`${ns}/${name}`);
     if (!a) return `ancestor ${name} no longer exists`;
     if (a.spec.revoked === true || a.status?.phase === "Revoked") return `ancestor ${name} is revoked`;
-    if ((a.metadata as { deletionTimestamp?: string }).deletionTimestamp)
-      return `ancestor ${name} is being deleted`;
+    if (isDeleting(a)) return `ancestor ${name} is being deleted`;
     if (a.status?.phase !== "Issued") return `ancestor ${name} is ${a.status?.phase ?? "not issued"}`;
   }
   return undefined;

@@ -75,11 +75,6 @@ export class JwtKeyManager {
     return publishedKeys(this.#ring, now, this.#o.schedule);
   }
 
-  /** Any key a token may name (published now), for verification. */
-  keyFor(kid: string, now = this.#now()): JwtKey | undefined {
-    return this.published(now).find((k) => k.kid === kid);
-  }
-
   /** Reads the Secret (every replica, periodically); creates it with a first key when absent. */
   async load(): Promise<void> {
     const path = secretPath(this.#o.namespace, JWT_KEYS_SECRET);
@@ -117,10 +112,8 @@ export class JwtKeyManager {
     const plan = planRotation(this.#ring, now, this.#o.schedule, (c, a) => generateJwtKey(this.#o.alg, c, a));
     if (plan.changes.length === 0) return [];
     try {
-      const body = {
-        ...this.#body(plan.ring),
-        metadata: { ...this.#body(plan.ring).metadata, resourceVersion: this.#rv },
-      };
+      const next = this.#body(plan.ring);
+      const body = { ...next, metadata: { ...next.metadata, resourceVersion: this.#rv } };
       const written = await this.#o.rest.put<KeysSecret>(
         secretPath(this.#o.namespace, JWT_KEYS_SECRET),
         body,

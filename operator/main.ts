@@ -38,7 +38,7 @@ import { type IdentityEndpoint, startIdentityEndpoint } from "./identity-endpoin
 import { JwtKeyManager } from "./jwt-keys.ts";
 import { createJwtSvidMinter, JWT_REFRESH_ANNOTATION } from "./jwt-svids.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
-import { PolicyStore, selectionFacts } from "./policies.ts";
+import { PolicyStore, rootDelegatorGroups, selectionFacts } from "./policies.ts";
 import { createKafkaRecorder, deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
 import { ProvenanceAnchor } from "./provenance-anchor.ts";
 import {
@@ -200,6 +200,11 @@ async function main(): Promise<void> {
     transform: compactTask,
     logger: log.child("informer"),
   });
+  /** A cached task, parsed from its compact JSON (each caller gets its own copy). */
+  const getTask = (key: string): AgentTask | undefined => {
+    const c = tasks.get(key);
+    return c ? (JSON.parse(c.json) as AgentTask) : undefined;
+  };
   const secrets = new Informer<SecretMeta>({
     name: "credential-secrets",
     listWatch: restListWatch(rest, "/api/v1/secrets"),
@@ -299,10 +304,7 @@ async function main(): Promise<void> {
     trustDomain: config.trustDomain,
     signer: admissionSigner,
     keys: admissionKeys,
-    cachedTask: (ns, name) => {
-      const c = tasks.get(`${ns}/${name}`);
-      return c ? (JSON.parse(c.json) as AgentTask) : undefined;
-    },
+    cachedTask: (ns, name) => getTask(`${ns}/${name}`),
     assertionIssuers: loadAssertionIssuers(),
     recordMaxSkewMs: config.recordMaxSkewMs,
     excludedNamespaces: config.webhook.excludedNamespaces,
@@ -319,10 +321,7 @@ async function main(): Promise<void> {
   const events = new TaskEventRecorder(rest, log.child("events"), identity);
   const reconciler = createTaskReconciler({
     rest,
-    getTask: (key) => {
-      const c = tasks.get(key);
-      return c ? (JSON.parse(c.json) as AgentTask) : undefined;
-    },
+    getTask,
     credentials: credentialIndex,
     ca: () => ca,
     trustAnchorsPem,
@@ -345,10 +344,7 @@ async function main(): Promise<void> {
     jwt: createJwtSvidMinter({
       settings: { issuer: config.oidc.issuer, ttlMs: config.jwt.ttlMs, signing: () => jwtKeys.signing() },
       trustDomain: config.trustDomain,
-      getTask: (key) => {
-        const c = tasks.get(key);
-        return c ? (JSON.parse(c.json) as AgentTask) : undefined;
-      },
+      getTask,
     }),
     log: log.child("reconciler"),
     metrics,
@@ -473,10 +469,7 @@ async function main(): Promise<void> {
     trustAnchorsPem,
     trustAnchorsDer: () => trustAnchorsDer,
     keys: jwtKeys,
-    getTask: (key) => {
-      const c = tasks.get(key);
-      return c ? (JSON.parse(c.json) as AgentTask) : undefined;
-    },
+    getTask,
     jwksMaxAgeSeconds: config.jwt.jwksMaxAgeSeconds,
     ...(config.oidc.tokenEndpoint ? { tokenEndpoint: config.oidc.tokenEndpoint } : {}),
     ...(config.oidc.tlsFiles ? { tlsFiles: config.oidc.tlsFiles } : {}),
@@ -486,10 +479,7 @@ async function main(): Promise<void> {
         trustDomain: config.trustDomain,
         keys: jwtKeys,
         trustAnchorsDer: () => trustAnchorsDer,
-        getTask: (key) => {
-          const c = tasks.get(key);
-          return c ? (JSON.parse(c.json) as AgentTask) : undefined;
-        },
+        getTask,
         recordOf,
         policies: policyStore,
         // Resource servers' tokens must be bound to this issuer: a token for the API server does not pass.
@@ -614,15 +604,9 @@ async function main(): Promise<void> {
     if (!leading || !tasks.hasSynced()) return;
     for (const c of tasks.list()) {
       const t = JSON.parse(c.json) as AgentTask;
-      // A sub-agent's root delegator groups are its root task's (as the reconciler reads them).
       const chain = t.status?.delegationChain;
-      const root = t.spec.parentRef
-        ? tasks.get(`${t.metadata.namespace}/${chain?.[1]?.name ?? ""}`)
-        : undefined;
-      const groups = t.spec.parentRef
-        ? ((root ? (JSON.parse(root.json) as AgentTask) : undefined)?.status?.delegator?.groups ?? [])
-        : (t.status?.delegator?.groups ?? recordOf(t)?.delegator.groups ?? []);
-      const facts = selectionFacts(t, recordOf(t), chain, groups);
+      const record = recordOf(t);
+      const facts = selectionFacts(t, record, chain, rootDelegatorGroups(t, record, chain, getTask));
       if ((before && selects(before, facts)) || (after && selects(after, facts))) enqueue(objectKey(c));
     }
   };
@@ -635,16 +619,13 @@ async function main(): Promise<void> {
       .catch((err: unknown) => log.debug("policy status not written", { path, error: errorText(err) }));
   };
   for (const informer of [agentPolicies, clusterPolicies]) {
-    informer.onAdd((p) => {
+    const onUpsert = (p: AgentPolicy) => {
       const { before, after } = policyStore.upsert(p);
       writePolicyStatus(p, after.version);
       if (before?.version !== after.version) onPolicy(before, after);
-    });
-    informer.onUpdate((_old, p) => {
-      const { before, after } = policyStore.upsert(p);
-      writePolicyStatus(p, after.version);
-      if (before?.version !== after.version) onPolicy(before, after);
-    });
+    };
+    informer.onAdd(onUpsert);
+    informer.onUpdate((_old, p) => onUpsert(p));
     informer.onDelete((p) => onPolicy(policyStore.remove(p), undefined));
   }
 

@@ -24,8 +24,6 @@ export class PolicyStore {
   readonly #inForce = new Map<string, CompiledPolicy>();
   readonly defaultDecision: DefaultDecision;
   readonly budgetMs: number;
-  /** Bumped on every change: a cheap "did anything change" for callers. */
-  generation = 0;
 
   constructor(opts: { defaultDecision: DefaultDecision; budgetMs?: number }) {
     this.defaultDecision = opts.defaultDecision;
@@ -44,7 +42,6 @@ export class PolicyStore {
       // Any fault compiling it: still in force, denying what it selects (never silently absent).
       after = refusing(policy, err instanceof Error ? err : new Error(String(err)));
     }
-    if (before?.version !== after.version) this.generation++;
     this.#inForce.set(key, after);
     return { before, after };
   }
@@ -54,7 +51,6 @@ export class PolicyStore {
     const before = this.#inForce.get(key);
     this.#inForce.delete(key);
     this.#cache.forget(policy);
-    if (before) this.generation++;
     return before;
   }
 
@@ -65,15 +61,12 @@ export class PolicyStore {
     return out;
   }
 
-  decide(facts: PolicyFacts, selection: SelectionFacts): PolicyDecision {
-    return decide(this.select(selection), facts, {
+  /** Decides over the policies `select` returned for these facts. */
+  decide(facts: PolicyFacts, selected: readonly CompiledPolicy[]): PolicyDecision {
+    return decide(selected, facts, {
       defaultDecision: this.defaultDecision,
       budgetMs: this.budgetMs,
     });
-  }
-
-  get size(): number {
-    return this.#inForce.size;
   }
 }
 
@@ -169,4 +162,23 @@ export function issuanceFacts(
     stage,
     now,
   };
+}
+
+/**
+ * The groups of the root delegator (a User), as admission recorded them: a
+ * root task's from its own record, a sub-agent's from its root task's status
+ * (chain[1] is the root task).
+ */
+export function rootDelegatorGroups(
+  task: AgentTask,
+  record: RequesterRecord | undefined,
+  chain: ReadonlyArray<{ name: string }> | undefined,
+  getTask: (key: string) => AgentTask | undefined,
+): readonly string[] {
+  if (task.spec.parentRef) {
+    return (
+      getTask(`${task.metadata.namespace ?? ""}/${chain?.[1]?.name ?? ""}`)?.status?.delegator?.groups ?? []
+    );
+  }
+  return record?.delegator.groups ?? task.status?.delegator?.groups ?? [];
 }

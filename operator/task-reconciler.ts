@@ -26,11 +26,11 @@ import type {
   StatusDelegator,
 } from "../core/api/v1alpha1.ts";
 import { type ChainAccepted, DEFAULT_MAX_DEPTH, evaluateChain } from "../core/chain.ts";
-import { chainDigest, delegationContextOf, delegationInfo, rootChain } from "../core/delegation.ts";
+import { delegationContextOf, delegationInfo, rootChain } from "../core/delegation.ts";
 import { DEFAULT_TTL, formatDuration, parseTtl } from "../core/duration.ts";
 import { ValidationError } from "../core/errors.ts";
 import { type Decision, decide, sameStatus, setCondition, validityWindow } from "../core/lifecycle.ts";
-import type { PolicyDecision } from "../core/policy/decide.ts";
+import { combinedVersion, type PolicyDecision } from "../core/policy/decide.ts";
 import { sha256Hex } from "../core/provenance/chain.ts";
 import type { DelegationContext } from "../core/provenance/events.ts";
 import type { KeyRing } from "../core/provenance/sign.ts";
@@ -53,7 +53,7 @@ import {
   type MintedJwtSvids,
 } from "./jwt-svids.ts";
 import type { TaskEventRecorder } from "./kube-events.ts";
-import { issuanceFacts, type PolicyStore, selectionFacts } from "./policies.ts";
+import { issuanceFacts, type PolicyStore, rootDelegatorGroups, selectionFacts } from "./policies.ts";
 import { deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
 import {
   caFingerprint,
@@ -346,10 +346,17 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
           (admission
             ? rootChain(statusDelegatorOf(admission), { name, uid: task.metadata.uid ?? "" }, task.spec.scope)
             : undefined));
-      const rootTask = accepted ? deps.getTask(`${ns}/${accepted.chain[1]?.name ?? ""}`) : undefined;
-      const selection = selectionFacts(task, admission, chainNow, rootGroupsOf(task, admission, rootTask));
-      const stage = decision.kind === "issue" && decision.why === "RenewalDue" ? "renewal" : "issuance";
-      policy = deps.policies.decide(issuanceFacts(task, selection, chainNow ?? [], stage, t), selection);
+      const groups = rootDelegatorGroups(task, admission, chainNow, deps.getTask);
+      const selection = selectionFacts(task, admission, chainNow, groups);
+      const selected = deps.policies.select(selection);
+      // A pass that holds a credential under an unchanged policy version has
+      // nothing to decide: only the version is compared (no rule runs).
+      const unchanged =
+        decision.kind === "wait" && combinedVersion(selected) === (task.status?.policyVersion ?? "none");
+      if (!unchanged) {
+        const stage = decision.kind === "issue" && decision.why === "RenewalDue" ? "renewal" : "issuance";
+        policy = deps.policies.decide(issuanceFacts(task, selection, chainNow ?? [], stage, t), selected);
+      }
     }
     if (
       policy &&
@@ -1107,17 +1114,6 @@ function judgePolicyChange(task: AgentTask, policy: PolicyDecision): "revoke" | 
   return "record";
 }
 
-/** Groups of the root delegator (a User), as admission recorded them: for policy selectors. */
-function rootGroupsOf(
-  task: AgentTask,
-  admission: RequesterRecord | undefined,
-  rootTask: AgentTask | undefined,
-): readonly string[] {
-  // A sub-agent: the root task's proven delegator (its status, from its own record).
-  if (task.spec.parentRef) return rootTask?.status?.delegator?.groups ?? [];
-  return admission?.delegator.groups ?? task.status?.delegator?.groups ?? [];
-}
-
 function jwtAnnotations(jwts: MintedJwtSvids): Record<string, string> {
   return { [JWT_REFRESH_ANNOTATION]: String(jwts.refreshAt), [JWT_KID_ANNOTATION]: jwts.kid };
 }
@@ -1148,7 +1144,7 @@ function* ancestors(
   }
 }
 
-const isDeleting = (t: AgentTask): boolean =>
+export const isDeleting = (t: AgentTask): boolean =>
   (t.metadata as { deletionTimestamp?: string }).deletionTimestamp !== undefined;
 
 /** The first ancestor (walking up) that is revoked, expired, denied, failed or being deleted. */

@@ -15,7 +15,7 @@ import { z } from "zod";
 import { ValidationError } from "../errors.ts";
 import { formatGrant, type Grant, scopeIsSubset, validateScope } from "../scope.ts";
 import type { JwtAlgorithm, JwtKey } from "./keys.ts";
-import { type ChainHop, type CustodyClaim, MAX_OBO_TTL_MS } from "./svid.ts";
+import { type ChainHop, type CustodyClaim, MAX_OBO_TTL_MS, tokenExpiry } from "./svid.ts";
 
 export const TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange";
 export const JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt";
@@ -303,10 +303,7 @@ export function decideExchange(args: {
     );
   }
   const cap = Math.min(args.maxTtlMs ?? MAX_OBO_TTL_MS, MAX_OBO_TTL_MS);
-  const expiresAt =
-    Math.floor(
-      Math.min(now + cap, t.certificateNotAfter ?? now, t.deadline ?? Number.POSITIVE_INFINITY) / 1000,
-    ) * 1000;
+  const expiresAt = tokenExpiry(now, cap, t.certificateNotAfter ?? now, t.deadline);
   if (expiresAt <= now)
     refuse("invalid_request", "subject_token: its task's credential has no lifetime left");
   const chain = subject.custody.chain;

@@ -264,10 +264,3 @@ export function publicJwk(k: JwtKey, use: "sig" | "jwt-svid" = "sig"): Record<st
       : { kty: jwk.kty!, n: jwk.n!, e: jwk.e! };
   return use === "sig" ? { ...fields, use, alg: k.alg, kid: k.kid } : { ...fields, use, kid: k.kid };
 }
-
-/** A digest of the published set, for ETags and change detection. */
-export function ringDigest(keys: readonly JwtKey[]): string {
-  const h = createHash("sha256");
-  for (const k of keys) h.update(`${k.kid}\0${k.createdAt}\0${k.activateAt}\0`);
-  return h.digest("base64url").slice(0, 22);
-}
