@@ -8,7 +8,12 @@ import type { AgentPolicy } from "../core/api/policy.ts";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
 import { parseTtl } from "../core/duration.ts";
 import type { ValidationError } from "../core/errors.ts";
-import { type CompiledPolicy, PolicyCache, policyVersion } from "../core/policy/compile.ts";
+import {
+  type CompiledPolicy,
+  normalizeSelector,
+  PolicyCache,
+  policyVersion,
+} from "../core/policy/compile.ts";
 import type { PolicyFacts, PolicyStage } from "../core/policy/context.ts";
 import {
   type DefaultDecision,
@@ -86,7 +91,7 @@ function refusing(policy: AgentPolicy, err: ValidationError | Error): CompiledPo
     ...(policy.metadata.namespace ? { namespace: policy.metadata.namespace } : {}),
     name: policy.metadata.name,
     version: policyVersion(policy),
-    selector: (policy.spec?.selector as CompiledPolicy["selector"]) ?? {},
+    selector: normalizeSelector(policy.spec?.selector as CompiledPolicy["selector"] | undefined),
     rules: [{ name: "does-not-compile", stages: new Set(["issuance", "action"]), deny: () => true, message }],
   };
 }

@@ -68,6 +68,19 @@ export function policyVersion(policy: Pick<AgentPolicy, "kind" | "metadata" | "s
   return `sha256:${createHash("sha256").update(canonicalize(content), "utf8").digest("hex")}`;
 }
 
+/**
+ * The selector as selection reads it, fixed once per version: an empty list
+ * reads as absent (every value), never as "nothing".
+ */
+export function normalizeSelector(selector: PolicySelector | undefined): PolicySelector {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(selector ?? {})) {
+    if (v === undefined || (Array.isArray(v) && v.length === 0)) continue;
+    out[k] = v;
+  }
+  return out as PolicySelector;
+}
+
 /** Compiles one policy; throws ValidationError naming the field (e.g. spec.rules[1].deny) and the position. */
 export function compilePolicy(policy: Pick<AgentPolicy, "kind" | "metadata" | "spec">): CompiledPolicy {
   const spec: AgentPolicySpec = parseAgentPolicySpec(policy.spec);
@@ -114,7 +127,7 @@ export function compilePolicy(policy: Pick<AgentPolicy, "kind" | "metadata" | "s
     ...(policy.metadata.namespace ? { namespace: policy.metadata.namespace } : {}),
     name: policy.metadata.name,
     version: policyVersion(policy),
-    selector: spec.selector ?? {},
+    selector: normalizeSelector(spec.selector),
     rules,
   };
 }

@@ -53,19 +53,8 @@ export interface SelectionFacts {
 export function selects(policy: CompiledPolicy, f: SelectionFacts): boolean {
   // An AgentPolicy governs its own namespace only.
   if (policy.kind === "AgentPolicy" && policy.namespace !== f.namespace) return false;
-  // An empty list reads as absent (every value), never as "nothing".
-  const given = <T>(list: readonly T[] | undefined): readonly T[] | undefined =>
-    list && list.length > 0 ? list : undefined;
-  const raw = policy.selector;
-  const s = {
-    ...raw,
-    namespaces: given(raw.namespaces),
-    agents: given(raw.agents),
-    models: given(raw.models),
-    tools: given(raw.tools),
-    delegators: given(raw.delegators),
-    delegatorGroups: given(raw.delegatorGroups),
-  };
+  // Normalised when compiled (normalizeSelector): an empty list is absent.
+  const s = policy.selector;
   if (s.namespaces && policy.kind === "ClusterAgentPolicy" && !s.namespaces.includes(f.namespace))
     return false;
   if (s.agents && !s.agents.includes(f.agent)) return false;
