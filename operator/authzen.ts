@@ -44,10 +44,10 @@ const JSON_HEADERS = { "content-type": "application/json", "cache-control": "no-
 
 /**
  * Request data rules may iterate is bounded, so that a rule's cost stays
- * bounded (two nested comprehensions over at most 64 items): at most 4 KiB of
- * JSON, nested 4 deep, lists of at most 64 items.
+ * bounded (two nested comprehensions over at most 64 items): at most 4,096
+ * characters of JSON, nested 4 deep, lists of at most 64 items.
  */
-const MAX_REQUEST_DATA_BYTES = 4096;
+const MAX_REQUEST_DATA_CHARS = 4096;
 function boundedJson(value: unknown, ctx: z.RefinementCtx): void {
   const problem = (v: unknown, depth: number): string | undefined => {
     if (depth > 4) return "is nested more than 4 deep";
@@ -66,8 +66,8 @@ function boundedJson(value: unknown, ctx: z.RefinementCtx): void {
     return undefined;
   };
   const found =
-    JSON.stringify(value).length > MAX_REQUEST_DATA_BYTES
-      ? `is larger than ${MAX_REQUEST_DATA_BYTES} bytes of JSON`
+    JSON.stringify(value).length > MAX_REQUEST_DATA_CHARS
+      ? `is larger than ${MAX_REQUEST_DATA_CHARS} characters of JSON`
       : problem(value, 0);
   if (found) ctx.addIssue({ code: "custom", message: found });
 }

@@ -285,9 +285,16 @@ describe("token endpoint client authentication", () => {
 
   it("refuses a certificate the TLS layer rejected", async () => {
     const { handler } = setup();
-    await expectInvalidClient(
-      await handler(tokenRequest(form(await subjectToken()), { peer: undefined, peerRejected: true })),
+    const r = await handler(
+      tokenRequest(form(await subjectToken()), {
+        peer: undefined,
+        peerRejected: true,
+        peerError: "CERT_HAS_EXPIRED",
+      }),
     );
+    await expectInvalidClient(r);
+    // The TLS layer's reason, not the "no certificate" refusal.
+    expect(String(bodyOf(r).error_description)).toContain("was not accepted (CERT_HAS_EXPIRED)");
   });
 
   it("refuses a certificate that does not chain to the trust anchors", async () => {
@@ -505,12 +512,14 @@ describe("refusals", () => {
   });
 
   it("records a revoked task", async () => {
-    await refusedWith(
-      { getTask: () => task({ spec: { revoked: true } }) },
+    // Only the task is revoked; its parent is Issued.
+    const { response } = await refusedWith(
+      { getTask: (k) => (k === "team-a/review-42" ? task({ spec: { revoked: true } }) : parentTask()) },
       await subjectToken(),
       {},
       "invalid_request",
     );
+    expect(String(bodyOf(response).error_description)).toMatch(/its task is revoked/);
   });
 
   it("records a task that no longer exists or belongs to another agent", async () => {

@@ -692,11 +692,7 @@ describe("a policy change while a credential is held", () => {
     expect(h.calls).toEqual([]);
   });
 
-  // BUG (operator/task-reconciler.ts, the `verdict === "record"` branch, lines 369-374,
-  // with policyStatus line 1067): the status is `{...task.status, ...policyStatus(...)}`
-  // and policyStatus omits `policies` when none is in force, so the spread keeps the
-  // old list: after the last policy is removed the status says policyVersion "none"
-  // yet still lists the removed policy under status.policies.
+  // A status merged over an older one must drop a removed policy's entry.
   it("drops status.policies when the last policy is removed (version none)", async () => {
     const first = policy("p", [{ name: "short", maxTtl: "1h" }]);
     const { h, store } = await issuedUnder(first);
