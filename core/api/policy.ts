@@ -11,7 +11,14 @@ import { ValidationError } from "../errors.ts";
 import { GRANT_PATTERN, MAX_GRANT_LENGTH, MAX_SCOPE_GRANTS } from "../scope.ts";
 import { MAX_DNS_LABEL_LENGTH } from "../spiffe.ts";
 import { type CustomResourceDescription, kube } from "./openapi.ts";
-import { DELEGATOR_KINDS, DNS_LABEL_PATTERN, formatFieldPath, GROUP, VERSION } from "./v1alpha1.ts";
+import {
+  coreRefinement,
+  DELEGATOR_KINDS,
+  DNS_LABEL_PATTERN,
+  formatFieldPath,
+  GROUP,
+  VERSION,
+} from "./v1alpha1.ts";
 
 export const POLICY_KIND = "AgentPolicy";
 export const POLICY_PLURAL = "agentpolicies";
@@ -45,14 +52,7 @@ const duration = z
   .string()
   .max(32)
   .regex(new RegExp(TTL_PATTERN))
-  .superRefine((value, ctx) => {
-    try {
-      parseTtl(value, "maxTtl");
-    } catch (e) {
-      if (!(e instanceof ValidationError)) throw e;
-      ctx.addIssue({ code: "custom", message: e.message, params: { rule: e.rule, label: "maxTtl" } });
-    }
-  });
+  .superRefine(coreRefinement("maxTtl", parseTtl));
 
 export const PolicySelectorSchema = z
   .object({

@@ -63,7 +63,7 @@ export type Phase = (typeof PHASES)[number];
  * `label` is the placeholder field name given to the core validator; the
  * caller replaces it with the full path (see `issueToError`).
  */
-function coreRefinement(label: string, validate: (value: string, field: string) => unknown) {
+export function coreRefinement(label: string, validate: (value: string, field: string) => unknown) {
   return (value: string, ctx: z.RefinementCtx<string>) => {
     try {
       validate(value, label);

@@ -16,10 +16,10 @@
  *   longest token lifetime plus clock skew, so every token it signed expires
  *   while its key is still published.
  */
-import { createHash, createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
+import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
 import { z } from "zod";
 import { ValidationError } from "../errors.ts";
-import { canonicalize } from "../provenance/canonical-json.ts";
+import { thumbprintOf } from "../provenance/sign.ts";
 
 export const JWT_ALGORITHMS = ["ES256", "ES384", "RS256", "PS256"] as const;
 export type JwtAlgorithm = (typeof JWT_ALGORITHMS)[number];
@@ -246,13 +246,7 @@ export function checkKeyFitsAlg(publicKey: KeyObject, alg: JwtAlgorithm, field: 
 
 /** RFC 7638 SHA-256 thumbprint (base64url) of an EC or RSA public key: the JWT key id. */
 export function jwtKeyId(publicKey: KeyObject): string {
-  const jwk = publicKey.export({ format: "jwk" }) as Record<string, string>;
-  // The required members, sorted, no whitespace: exactly their JCS form.
-  const members =
-    jwk.kty === "EC"
-      ? { crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y }
-      : { e: jwk.e, kty: jwk.kty, n: jwk.n };
-  return createHash("sha256").update(canonicalize(members), "utf8").digest("base64url");
+  return thumbprintOf(publicKey);
 }
 
 /** The public JWK of a key as a JWKS publishes it (`use: sig`). */

@@ -86,11 +86,18 @@ export function p1363ToDer(signature: Uint8Array): Uint8Array {
 
 /** RFC 7638 SHA-256 thumbprint (base64url) of an EC P-256 public key. */
 export function jwkThumbprint(key: KeyObject | JsonWebKey): string {
-  const publicKey = toPublicKey(key, "key");
+  return thumbprintOf(toPublicKey(key, "key"));
+}
+
+/** RFC 7638 SHA-256 thumbprint (base64url) of any EC or RSA public key. */
+export function thumbprintOf(publicKey: KeyObject): string {
   const jwk = publicKey.export({ format: "jwk" });
-  // The required members of an EC key, no whitespace, sorted: exactly their JCS form.
-  const members = canonicalize({ crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y });
-  return createHash("sha256").update(members, "utf8").digest("base64url");
+  // The required members, no whitespace, sorted: exactly their JCS form.
+  const members =
+    jwk.kty === "EC"
+      ? { crv: jwk.crv, kty: jwk.kty, x: jwk.x, y: jwk.y }
+      : { e: jwk.e, kty: jwk.kty, n: jwk.n };
+  return createHash("sha256").update(canonicalize(members), "utf8").digest("base64url");
 }
 
 /**
