@@ -23,7 +23,6 @@ import type { JwtKey } from "../core/jwt/keys.ts";
 import { type ActionDecision, decideAction } from "../core/policy/action.ts";
 import { canonicalize } from "../core/provenance/canonical-json.ts";
 import type { DelegationContext } from "../core/provenance/events.ts";
-import { verifySvid, X509Error } from "../core/x509/index.ts";
 import { fromPem } from "../core/x509/pem.ts";
 import type { IdentityRequest, IdentityResponse } from "../shells/https/identity-server.ts";
 import type { AuthenticatedUser } from "../shells/kube/authentication.ts";
@@ -31,6 +30,7 @@ import type { Logger } from "../shells/log.ts";
 import { ancestorProblem, taskOfSpiffeId } from "./identity-endpoint.ts";
 import { issuanceFacts, type PolicyStore, rootDelegatorGroups, selectionFacts } from "./policies.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
+import { createSvidVerifier } from "./svid-verifier.ts";
 import { currentSerials, isDeleting } from "./task-reconciler.ts";
 
 export const EVALUATION_PATH = "/access/v1/evaluation";
@@ -164,13 +164,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
   const now = deps.now ?? Date.now;
   const timeoutMs = deps.recordTimeoutMs ?? 5_000;
   const buckets = new Map<string, { tokens: number; at: number }>();
-  /**
-   * Verified X.509-SVIDs by the digest of their chain, until their notAfter:
-   * an agent (or its gateway) presents the same certificate on every call,
-   * and re-verifying it each time cost most of a decision. Failures are never
-   * kept; the trust anchors are fixed for this process's life.
-   */
-  const verified = new Map<string, { agent: Agent; notBefore: number; notAfter: number }>();
+  const verifySvidOf = createSvidVerifier(deps.trustAnchorsDer, deps.trustDomain);
   const metadata = JSON.stringify({
     policy_decision_point: deps.issuer,
     access_evaluation_endpoint: `${deps.issuer}${EVALUATION_PATH}`,
@@ -307,29 +301,15 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
     status: number,
     error: string,
   ): Agent {
-    const h = createHash("sha256").update(der);
-    for (const i of intermediates) h.update(i);
-    const key = h.digest("base64url");
-    const hit = verified.get(key);
-    if (hit && hit.notBefore <= t && t <= hit.notAfter) return hit.agent;
-    try {
-      const svid = verifySvid({
-        certDer: der,
-        intermediates,
-        bundle: [...deps.trustAnchorsDer()],
-        now: new Date(t),
-      });
-      if (svid.trustDomain !== deps.trustDomain)
-        throw new Refusal(status, error, "the credential is from another trust domain");
-      const agent: Agent = { spiffeId: svid.spiffeId, credential: "x509-svid", serial: svid.serialHex };
-      if (verified.size >= 10_000) verified.delete(verified.keys().next().value as string);
-      verified.set(key, { agent, notBefore: svid.notBefore.getTime(), notAfter: svid.notAfter.getTime() });
-      return agent;
-    } catch (err) {
-      if (err instanceof X509Error)
-        throw new Refusal(status, error, `the X.509-SVID is not valid: ${err.message}`.slice(0, 512));
-      throw err;
-    }
+    const check = verifySvidOf(der, intermediates, t);
+    if (check.ok) return { spiffeId: check.spiffeId, credential: "x509-svid", serial: check.serialHex };
+    throw new Refusal(
+      status,
+      error,
+      check.kind === "trust-domain"
+        ? "the credential is from another trust domain"
+        : `the X.509-SVID is not valid: ${check.message}`.slice(0, 512),
+    );
   }
 
   async function checkJwt(token: string, t: number): Promise<Agent> {

@@ -29,7 +29,7 @@ import {
 import type { JwtKey } from "../core/jwt/keys.ts";
 import type { DelegationContext } from "../core/provenance/events.ts";
 import { parseTaskSpiffeId } from "../core/spiffe.ts";
-import { type CertificateAuthority, verifySvid, X509Error } from "../core/x509/index.ts";
+import type { CertificateAuthority } from "../core/x509/index.ts";
 import {
   type IdentityHandler,
   type IdentityRequest,
@@ -40,6 +40,7 @@ import {
 import type { Logger } from "../shells/log.ts";
 import { WebhookServingCert } from "../webhook/serving-cert.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
+import { createSvidVerifier } from "./svid-verifier.ts";
 import { currentSerials, isDeleting } from "./task-reconciler.ts";
 
 export interface IdentityEndpointDeps {
@@ -216,6 +217,8 @@ export function createIdentityHandler(
     }
   }
 
+  const verifySvidOf = createSvidVerifier(deps.trustAnchorsDer, deps.trustDomain);
+
   function authenticateClient(req: IdentityRequest, t: number): VerifiedClient {
     if (req.peerRejected) {
       throw new ExchangeError(
@@ -226,26 +229,14 @@ export function createIdentityHandler(
     if (!req.peer) {
       throw new ExchangeError("invalid_client", "a client certificate (the agent's X.509-SVID) is required");
     }
-    try {
-      const svid = verifySvid({
-        certDer: req.peer.der,
-        intermediates: [...req.peer.intermediates],
-        bundle: [...deps.trustAnchorsDer()],
-        now: new Date(t),
-      });
-      if (svid.trustDomain !== deps.trustDomain) {
-        throw new ExchangeError("invalid_client", "the client certificate is from another trust domain");
-      }
-      return { spiffeId: svid.spiffeId, serialHex: svid.serialHex };
-    } catch (err) {
-      if (err instanceof X509Error) {
-        throw new ExchangeError(
-          "invalid_client",
-          `the client certificate is not a valid X.509-SVID: ${err.message}`.slice(0, 512),
-        );
-      }
-      throw err;
-    }
+    const check = verifySvidOf(req.peer.der, req.peer.intermediates, t);
+    if (check.ok) return { spiffeId: check.spiffeId, serialHex: check.serialHex };
+    throw new ExchangeError(
+      "invalid_client",
+      check.kind === "trust-domain"
+        ? "the client certificate is from another trust domain"
+        : `the client certificate is not a valid X.509-SVID: ${check.message}`.slice(0, 512),
+    );
   }
 
   /** The agents above the task, as its token names them, must still hold their delegation. */
