@@ -37,6 +37,8 @@ import { BatchingProducer } from "../shells/kafka/batching-producer.ts";
 import type { LocalEnv } from "../test/env/local-env.ts";
 
 const EVENTS_PER_TASK = 10;
+/** As the operator sends them (structured content mode). */
+const HEADERS = { "content-type": "application/cloudevents+json" } as const;
 /** Events per chain: a root and its sub-agent, 10 each. */
 const PER_CHAIN = 2 * EVENTS_PER_TASK;
 const D = (c: string) => c.repeat(64);
@@ -169,8 +171,14 @@ async function writeChains(
   let n = 0;
   for (let c = job.first; c < job.end; c += job.step) {
     for (const { key, input } of chainEvents(job.ns, c)) {
-      const { bytes } = writer.append(input);
-      acks.push(producer.send({ key, value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) }));
+      const appended = writer.append(input);
+      acks.push(
+        producer.send({
+          key,
+          value: appended,
+          headers: HEADERS,
+        }),
+      );
       // Let sends and acknowledgements run between appends.
       if (++n % 500 === 0) await new Promise((r) => setImmediate(r));
       if (producer.backlog > 20_000) await acks[acks.length - 10_000];

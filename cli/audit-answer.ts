@@ -2,9 +2,13 @@
 // alone (pure apart from reading the index): what it was allowed to do, what
 // it did, and under whose authority. The stream is the evidence: nothing here
 // comes from the cluster's current state.
-import type { ChainStatus, IndexedEvent } from "./index.ts";
+import type { ChainStatus, IndexedEvent, Seal } from "./index.ts";
 
-export type SignatureCheck = "verified" | "bad-signature" | "unknown-key" | "unchecked";
+/**
+ * A sealed event's own signature, or for an unsealed one the signature of the
+ * seal covering it; `unsealed` when no seal covers it.
+ */
+export type SignatureCheck = "verified" | "bad-signature" | "unknown-key" | "unsealed" | "unchecked";
 
 /** Checks one record's signature; absent when no public keys are available. */
 export type SignatureVerifier = (record: Uint8Array, kid: string | null) => SignatureCheck;
@@ -28,6 +32,9 @@ export interface AuditedEvent {
   readonly chain: ChainStatus;
   readonly chainNote: string | null;
   readonly signature: SignatureCheck;
+  /** For an unsealed event: the seq of the sealed event whose signature covers it, or why none does. */
+  readonly sealedBy: number | null;
+  readonly sealNote: string | null;
   /** Other records of the same event id (a repeat after a restart): stream and seq of each. */
   readonly repeats: ReadonlyArray<{ readonly stream: string | null; readonly seq: number | null }>;
   readonly data: Record<string, unknown> | null;
@@ -94,6 +101,7 @@ export interface TaskAudit {
 
 export interface EventSource {
   eventsOfTask(uid: string): IndexedEvent[];
+  sealOf(event: IndexedEvent): Seal | { readonly problem: string };
 }
 
 const TYPE_PREFIX = "dev.custody.task.";
@@ -262,12 +270,32 @@ export function buildAudit(index: EventSource, uid: string, verifier?: Signature
   };
   const principal = principalOf(latest(rootEvents, "delegation.verified")) ?? principalOf(verified);
 
+  // One check per sealing event: a batch's events share it.
+  const sealChecks = new Map<string, SignatureCheck>();
   const events: AuditedEvent[] = entries.map(({ first, repeats }) => {
     const row = first.row;
-    const signature: SignatureCheck =
-      verifier === undefined || row.status === "malformed" || row.status === "altered"
-        ? "unchecked"
-        : verifier(row.record, row.kid);
+    let signature: SignatureCheck = "unchecked";
+    let sealedBy: number | null = null;
+    let sealNote: string | null = null;
+    if (verifier !== undefined && row.status !== "malformed" && row.status !== "altered") {
+      if (row.sealed) signature = verifier(row.record, row.kid);
+      else {
+        const seal = index.sealOf(row);
+        if ("problem" in seal) {
+          signature = "unsealed";
+          sealNote = seal.problem;
+        } else {
+          sealedBy = seal.seq;
+          const key = `${row.stream}\u0000${seal.seq}`;
+          let check = sealChecks.get(key);
+          if (check === undefined) {
+            check = verifier(seal.record, seal.kid);
+            sealChecks.set(key, check);
+          }
+          signature = check;
+        }
+      }
+    }
     return {
       time: row.time,
       type: row.type,
@@ -280,6 +308,8 @@ export function buildAudit(index: EventSource, uid: string, verifier?: Signature
       chain: row.status,
       chainNote: row.note,
       signature,
+      sealedBy,
+      sealNote,
       repeats: repeats.map((r) => ({ stream: r.row.stream, seq: r.row.seq })),
       data: first.data,
     };
@@ -294,7 +324,8 @@ export function buildAudit(index: EventSource, uid: string, verifier?: Signature
     const at = `${e.stream ?? "?"} seq ${e.seq ?? "?"} (partition ${e.partition} offset ${e.offset})`;
     if (e.chain !== "linked") problems.push(`${at}: ${e.chain}${e.chainNote ? `: ${e.chainNote}` : ""}`);
     if (e.signature === "bad-signature" || e.signature === "unknown-key")
-      problems.push(`${at}: ${e.signature}`);
+      problems.push(`${at}: ${e.signature}${e.sealedBy !== null ? ` (of its seal, seq ${e.sealedBy})` : ""}`);
+    if (e.signature === "unsealed") problems.push(`${at}: unsealed: ${e.sealNote}`);
   }
   if (verifier === undefined) problems.push("signatures not checked: no public keys (pass --keys FILE)");
   const ok = events.every(
@@ -460,7 +491,9 @@ export function renderAudit(a: TaskAudit): string {
         ? "BAD SIGNATURE"
         : e.signature === "unknown-key"
           ? "UNKNOWN KEY"
-          : null,
+          : e.signature === "unsealed"
+            ? "UNSEALED"
+            : null,
       e.repeats.length > 0 ? `recorded ${e.repeats.length + 1} times` : null,
     ].filter((x) => x !== null);
     out.push(

@@ -30,7 +30,7 @@ import { DatabaseSync, type StatementSync } from "node:sqlite";
 import type { PartitionOffsets, ReadRange, RecordSource, SourceRecord } from "./kafka-source.ts";
 
 /** Bumped when the schema changes; an index of another version must be rebuilt. */
-export const INDEX_SCHEMA_VERSION = "1";
+export const INDEX_SCHEMA_VERSION = "2";
 
 /**
  * The index's verdict on one record, from the hash chain alone:
@@ -62,6 +62,8 @@ export interface IndexedEvent {
   readonly epoch: number | null;
   readonly hash: string | null;
   readonly kid: string | null;
+  /** It carries custodysig; an unsealed event is covered by the next sealed one of its stream ({@link AuditIndex.sealOf}). */
+  readonly sealed: boolean;
   readonly taskUid: string | null;
   readonly namespace: string | null;
   readonly name: string | null;
@@ -69,6 +71,13 @@ export interface IndexedEvent {
   readonly spiffeId: string | null;
   readonly serial: string | null;
   /** The Kafka record value, exactly as read. */
+  readonly record: Uint8Array;
+}
+
+/** A sealed event, as the audit needs it to check the signature that covers earlier events. */
+export interface Seal {
+  readonly seq: number;
+  readonly kid: string | null;
   readonly record: Uint8Array;
 }
 
@@ -132,7 +141,7 @@ CREATE TABLE IF NOT EXISTS events (
   status TEXT NOT NULL,
   note TEXT,
   id TEXT, type TEXT, time TEXT, subject TEXT,
-  stream TEXT, seq INTEGER, epoch INTEGER, prev TEXT, hash TEXT, kid TEXT,
+  stream TEXT, seq INTEGER, epoch INTEGER, prev TEXT, hash TEXT, kid TEXT, sealed INTEGER NOT NULL DEFAULT 0,
   task_uid TEXT, namespace TEXT, name TEXT, chain_uids TEXT,
   spiffe_id TEXT, serial TEXT, pod_namespace TEXT, pod_name TEXT, pod_uid TEXT,
   UNIQUE (partition, "offset")
@@ -218,8 +227,13 @@ export class AuditIndex {
           new Date().toISOString(),
         );
       } else if (version !== INDEX_SCHEMA_VERSION) {
+        // The index is a cache of the topic: one of another layout is moved aside and rebuilt.
+        if (file !== ":memory:" && !opts.rebuild) {
+          db.close();
+          return AuditIndex.open(file, { ...opts, rebuild: true });
+        }
         throw new Error(
-          `index ${file}: schema version ${version}, this CLI writes version ${INDEX_SCHEMA_VERSION}: rebuild it with --rebuild-index`,
+          `index ${file}: schema version ${version}, this CLI writes version ${INDEX_SCHEMA_VERSION}`,
         );
       } else if (topic !== opts.topic) {
         throw new Error(`index ${file}: it indexes topic ${topic}, not ${opts.topic}: give another --index`);
@@ -467,6 +481,7 @@ export class AuditIndex {
       fields.prev,
       fields.hash,
       fields.kid,
+      fields.sealed ? 1 : 0,
       fields.taskUid,
       fields.namespace,
       fields.name,
@@ -518,6 +533,26 @@ export class AuditIndex {
   /** A task's events, re-sends left out, in stream order (time, then stream and seq). */
   eventsOfTask(taskUid: string): IndexedEvent[] {
     return (this.#stmt.eventsOfTask.all(taskUid) as unknown as EventRow[]).map(toEvent);
+  }
+
+  /**
+   * The seal covering an unsealed event: the next sealed event of its stream,
+   * when every event up to it is indexed, linked and of the same epoch (so
+   * its signature covers this event through custodyprev). Otherwise why not.
+   */
+  sealOf(event: Pick<IndexedEvent, "stream" | "seq" | "epoch">): Seal | { readonly problem: string } {
+    if (event.stream === null || event.seq === null || event.epoch === null)
+      return { problem: "the event names no stream" };
+    const seal = this.#stmt.nextSeal.get(event.stream, event.seq) as
+      | { seq: number; epoch: number; kid: string | null; record: Uint8Array }
+      | undefined;
+    if (seal === undefined) return { problem: "no sealed event follows it in its stream (yet)" };
+    if (seal.epoch !== event.epoch)
+      return { problem: `the next seal, seq ${seal.seq}, is of epoch ${seal.epoch}, not ${event.epoch}` };
+    const run = this.#stmt.linkedRun.get(event.stream, event.seq, seal.seq, event.epoch) as { n: number };
+    if (run.n !== seal.seq - event.seq)
+      return { problem: `the chain from it to the seal at seq ${seal.seq} is not whole and linked` };
+    return { seq: seal.seq, kid: seal.kid, record: seal.record };
   }
 
   stats(): { events: number; partitions: number; updated: string | null; gaps: RetentionGap[] } {
@@ -590,9 +625,11 @@ function envelopeProblem(value: unknown): string | null {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return "record: not a JSON object";
   const e = value as Record<string, unknown>;
   if (e.specversion !== "1.0") return 'specversion: must be "1.0"';
-  for (const name of ["id", "source", "type", "time", "custodykid", "custodysig"]) {
+  for (const name of ["id", "source", "type", "time", "custodykid"]) {
     if (typeof e[name] !== "string" || e[name] === "") return `${name}: must be a non-empty string`;
   }
+  if (e.custodysig !== undefined && (typeof e.custodysig !== "string" || e.custodysig === ""))
+    return "custodysig: must be a non-empty string when present";
   if (typeof e.custodystream !== "string" || !STREAM_ID.test(e.custodystream))
     return "custodystream: must be 1..256 printable ASCII characters";
   if (!Number.isSafeInteger(e.custodyseq) || (e.custodyseq as number) < 1)
@@ -629,6 +666,7 @@ interface EventRow {
   epoch: number | null;
   hash: string | null;
   kid: string | null;
+  sealed: number;
   task_uid: string | null;
   namespace: string | null;
   name: string | null;
@@ -653,6 +691,7 @@ function toEvent(r: EventRow): IndexedEvent {
     epoch: r.epoch,
     hash: r.hash,
     kid: r.kid,
+    sealed: r.sealed === 1,
     taskUid: r.task_uid,
     namespace: r.namespace,
     name: r.name,
@@ -691,9 +730,9 @@ function prepare(db: DatabaseSync) {
     setStatus: p("UPDATE events SET status = ?, note = ? WHERE rowid = ?"),
     insertEvent: p(
       `INSERT INTO events (partition, "offset", record_sha256, status, note, id, type, time, subject,
-         stream, seq, epoch, prev, hash, kid, task_uid, namespace, name, chain_uids,
+         stream, seq, epoch, prev, hash, kid, sealed, task_uid, namespace, name, chain_uids,
          spiffe_id, serial, pod_namespace, pod_name, pod_uid)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     insertRecord: p("INSERT INTO records (rowid, record) VALUES (?, ?)"),
     insertSerial: p("INSERT OR IGNORE INTO serials (serial, event) VALUES (?, ?)"),
@@ -715,9 +754,20 @@ function prepare(db: DatabaseSync) {
     ),
     eventsOfTask: p(
       `SELECT e.partition, e."offset", e.status, e.note, e.id, e.type, e.time, e.subject, e.stream, e.seq,
-         e.epoch, e.hash, e.kid, e.task_uid, e.namespace, e.name, e.chain_uids, e.spiffe_id, e.serial, r.record
+         e.epoch, e.hash, e.kid, e.sealed, e.task_uid, e.namespace, e.name, e.chain_uids, e.spiffe_id, e.serial,
+         r.record
        FROM events e JOIN records r ON r.rowid = e.rowid
        WHERE e.task_uid = ? AND e.status != 'duplicate' ORDER BY e.time, e.stream, e.seq, e.rowid`,
+    ),
+    // The first sealed event after a seq, and how many linked events of one epoch lead to it.
+    nextSeal: p(
+      `SELECT e.seq, e.epoch, e.kid, r.record FROM events e JOIN records r ON r.rowid = e.rowid
+       WHERE e.stream = ? AND e.seq > ? AND e.sealed = 1 AND e.status IN ('linked', 'unlinked', 'broken', 'fork')
+       ORDER BY e.seq LIMIT 1`,
+    ),
+    linkedRun: p(
+      `SELECT count(DISTINCT seq) AS n FROM events
+       WHERE stream = ? AND seq > ? AND seq <= ? AND status = 'linked' AND epoch = ?`,
     ),
     maxRowid: p("SELECT max(rowid) AS n FROM events"),
     statusesSince: p(
@@ -743,6 +793,7 @@ interface Fields {
   prev: string | null;
   hash: string | null;
   kid: string | null;
+  sealed: boolean;
   taskUid: string | null;
   namespace: string | null;
   name: string | null;
@@ -765,6 +816,7 @@ const NO_FIELDS: Fields = {
   prev: null,
   hash: null,
   kid: null,
+  sealed: false,
   taskUid: null,
   namespace: null,
   name: null,
@@ -809,6 +861,7 @@ function fieldsOf(value: unknown): Fields {
     prev: str(e.custodyprev),
     hash: str(e.custodyhash),
     kid: str(e.custodykid),
+    sealed: e.custodysig !== undefined,
     taskUid: str(context.taskUid),
     namespace: str(context.namespace),
     name: str(context.name),

@@ -10,6 +10,8 @@
 // fetch: five seconds per run.)
 import { randomUUID } from "node:crypto";
 import { type Admin, Kafka, type KafkaMessage, logLevel } from "kafkajs";
+// Registers zstd, the operator's default record-batch compression.
+import "../shells/kafka/codecs.ts";
 import { kafkaConnectionFromEnv } from "../shells/kafka/connection.ts";
 
 export interface PartitionOffsets {

@@ -211,6 +211,7 @@ export const KIND_LABEL: Readonly<Record<Finding["kind"], string>> = {
   altered: "altered",
   "unknown-key": "unknown key",
   "bad-signature": "bad signature",
+  unsealed: "unsealed",
   duplicate: "re-sent",
   fork: "forked",
   "stale-epoch": "stale epoch",

@@ -19,6 +19,7 @@ import { selects } from "../core/policy/decide.ts";
 import { findAbandoned } from "../core/provenance/abandoned.ts";
 import { createEs256Signer, createKeyRing } from "../core/provenance/sign.ts";
 import { verifyStreams } from "../core/provenance/verify.ts";
+import { compressionFromEnv } from "../shells/kafka/codecs.ts";
 import { kafkaConnectionFromEnv } from "../shells/kafka/connection.ts";
 import { createTokenReviewer } from "../shells/kube/authentication.ts";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
@@ -74,6 +75,7 @@ async function main(): Promise<void> {
   const config = loadOperatorConfig();
   // TLS and SASL to Kafka; checked now so a bad value stops the start, naming the variable.
   const kafkaConnection = kafkaConnectionFromEnv();
+  const kafkaCompression = compressionFromEnv();
   // Unique per process: a restarted pod must not continue a stream (or a
   // lease term) as if it were its predecessor.
   const identity = config.identity ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
@@ -499,6 +501,7 @@ async function main(): Promise<void> {
         epoch: 0,
         signingKey,
         connection: kafkaConnection,
+        compression: kafkaCompression,
         log: log.child("provenance"),
       }),
     log: log.child("identity"),
@@ -758,6 +761,7 @@ async function main(): Promise<void> {
       epoch,
       signingKey,
       connection: kafkaConnection,
+      compression: kafkaCompression,
       log: log.child("provenance"),
     });
     if (stopping) {

@@ -1,13 +1,15 @@
 // The operator's provenance recorder: appends lifecycle events to this
-// writer's hash-chained, signed stream and resolves only when Kafka has
-// acknowledged the record (acks=all, idempotent producer). Issuance awaits it,
-// so no credential is written before its `issued` event is durable.
+// writer's hash-chained stream and resolves only when Kafka has acknowledged
+// the batch holding the record, sealed by a signature on its last event
+// (acks=all, idempotent producer). Issuance awaits it, so no credential is
+// written before its `issued` event is durable and covered by a signature.
 import { createHash, type KeyObject, randomUUID } from "node:crypto";
 import { Kafka, logLevel } from "kafkajs";
 import { createStreamWriter, type StreamWriter } from "../core/provenance/chain.ts";
 import type { EventData, EventType } from "../core/provenance/events.ts";
 import { createEs256Signer } from "../core/provenance/sign.ts";
 import { BatchingProducer } from "../shells/kafka/batching-producer.ts";
+import type { Compression } from "../shells/kafka/codecs.ts";
 import type { KafkaConnection } from "../shells/kafka/connection.ts";
 import { readTail, type TailRecord } from "../shells/kafka/read-tail.ts";
 import type { Logger } from "../shells/log.ts";
@@ -75,6 +77,9 @@ export function deterministicEventId(...parts: string[]): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-5${h.slice(13, 16)}-${((Number.parseInt(h[16]!, 16) & 3) | 8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
 
+/** Structured content mode: the record value is the whole event. */
+const CLOUDEVENTS_HEADERS = { "content-type": "application/cloudevents+json" } as const;
+
 export interface KafkaRecorderOptions {
   brokers: string[];
   topic: string;
@@ -87,6 +92,8 @@ export interface KafkaRecorderOptions {
   log: Logger;
   /** TLS and SASL (shells/kafka/connection.ts). */
   connection?: KafkaConnection;
+  /** Record-batch compression (shells/kafka/codecs.ts); zstd when absent. */
+  compression?: Compression;
 }
 
 export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<ProvenanceRecorder> {
@@ -105,6 +112,7 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
   let lastError = "";
   const producer = new BatchingProducer(kafka, {
     topic: opts.topic,
+    ...(opts.compression ? { compression: opts.compression } : {}),
     onSendError: (err, attempt) => {
       const msg = err instanceof Error ? err.message : String(err);
       if (msg !== lastError || attempt % 20 === 1)
@@ -123,7 +131,7 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
     record(type, subject, data, rootUid, id) {
       // Appending is synchronous, so events enter the stream (and the
       // producer's queue) in one order: the chain order is the send order.
-      const { bytes } = writer.append({
+      const appended = writer.append({
         id: id ?? randomUUID(),
         source,
         type,
@@ -131,12 +139,13 @@ export async function createKafkaRecorder(opts: KafkaRecorderOptions): Promise<P
         time: new Date().toISOString(),
         data,
       } as never);
-      const { seq, hash } = writer.head;
+      const { seq, hash } = appended;
       return producer
         .send({
           key: rootUid,
-          value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
-          headers: { "content-type": "application/cloudevents+json" },
+          // One signature per batch: the event closing it is sealed and covers the others.
+          value: appended,
+          headers: CLOUDEVENTS_HEADERS,
         })
         .then(() => {
           // Acknowledgements arrive in stream order; keep the highest.

@@ -109,33 +109,17 @@ function serialize(value: unknown, path: string): string {
   }
 }
 
-// Characters that need an escape: controls, `"` and `\`. Everything else is
-// written as is, so most strings take the fast path.
+// RFC 8785 §3.2.2.2 writes strings exactly as ECMAScript's JSON.stringify
+// does for well-formed ones: `"` and `\` escaped, U+0008/9/A/C/D as short
+// escapes, other controls as lowercase \u00hh, everything else as is. Most
+// strings need no escape at all, and a regex test is the quickest way to see it.
 // biome-ignore lint/suspicious/noControlCharactersInRegex: matching U+0000..U+001F is the point (RFC 8785 §3.2.2.2).
 const NEEDS_ESCAPE = /[\u0000-\u001f"\\]/;
-const SHORT_ESCAPES: Readonly<Record<string, string>> = {
-  "\b": "\\b",
-  "\t": "\\t",
-  "\n": "\\n",
-  "\f": "\\f",
-  "\r": "\\r",
-  '"': '\\"',
-  "\\": "\\\\",
-};
 
 function serializeString(s: string, path: string): string {
   if (!s.isWellFormed())
     throw fail(path, "well-formed-unicode", "must be well-formed Unicode (no lone surrogates)");
-  if (!NEEDS_ESCAPE.test(s)) return `"${s}"`;
-  let out = '"';
-  let start = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= 0x20 && c !== 0x22 && c !== 0x5c) continue;
-    out += s.slice(start, i) + (SHORT_ESCAPES[s[i]!] ?? `\\u00${c.toString(16).padStart(2, "0")}`);
-    start = i + 1;
-  }
-  return out + s.slice(start) + '"';
+  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`;
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

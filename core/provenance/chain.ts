@@ -1,6 +1,6 @@
 /**
- * The stream writer: a pure state machine that numbers, chains, hashes and
- * signs events for one stream and one writer epoch.
+ * The stream writer: a pure state machine that numbers, chains and hashes
+ * events for one stream and one writer epoch, and seals (signs) them.
  *
  * For an event E (all attributes and data):
  *   hash input      = JCS(E without custodyhash and custodysig)
@@ -9,14 +9,21 @@
  *   custodysig      = base64url ES256(signature input)
  *   record value    = JCS(E)                       (UTF-8)
  *
+ * custodysig is optional: a writer seals the last event of each batch it
+ * sends, and that signature covers, through custodyprev, every unsealed
+ * event of the same writer epoch back to the previous sealed one (the
+ * verifier requires such a seal; docs/events.md). One ES256 signature per
+ * batch instead of per event is most of what makes the stream fast.
+ *
  * The record value is itself canonical, so a retry re-sends the very same
  * bytes and the verifier can tell a re-send from a fork by comparing bytes.
- * Given the same head and inputs the writer produces the same record, except
- * for the signature bytes when the signer is randomized (ECDSA).
+ * The unsealed record value is exactly the signature input, so sealing only
+ * adds a member. Given the same head and inputs the writer produces the same
+ * records, except for the signature bytes (ECDSA is randomized).
  */
-import { createHash } from "node:crypto";
+import { hash as oneShotHash } from "node:crypto";
 import { ValidationError } from "../errors.ts";
-import { canonicalMembers, joinMembers } from "./canonical-json.ts";
+import { canonicalize, canonicalMembers, joinMembers } from "./canonical-json.ts";
 import {
   type CustodyEventOf,
   DATA_CONTENT_TYPE,
@@ -48,10 +55,19 @@ export interface StreamWriterOptions {
   readonly head?: StreamHead;
 }
 
-export interface AppendResult<T extends EventType> {
-  readonly event: CustodyEventOf<T>;
-  /** The exact Kafka record value: UTF-8 canonical JSON of the event. */
-  readonly bytes: Uint8Array;
+/** An appended event: numbered, chained and hashed; its record bytes are made on demand, once. */
+export interface AppendedEvent<T extends EventType> {
+  /** The event without custodysig (what the hash and a signature cover). */
+  readonly event: Omit<CustodyEventOf<T>, "custodysig">;
+  readonly seq: number;
+  readonly hash: string;
+  /**
+   * The record value without a signature: valid in the stream only when a
+   * later sealed event of the same writer epoch chains back to it.
+   */
+  unsealed(): Buffer;
+  /** The record value with custodysig; signs on the first call, later calls return the same bytes. */
+  sealed(): Buffer;
 }
 
 export interface StreamWriter {
@@ -60,8 +76,8 @@ export interface StreamWriter {
   readonly kid: string;
   /** The head after the last append. */
   readonly head: StreamHead;
-  /** Validates, numbers, chains, hashes and signs one event; advances the head only on success. */
-  append<T extends EventType>(input: EventInputOf<T>): AppendResult<T>;
+  /** Validates, numbers, chains and hashes one event; advances the head only on success. */
+  append<T extends EventType>(input: EventInputOf<T>): AppendedEvent<T>;
 }
 
 export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
@@ -74,6 +90,14 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
     throw invalid("signer.kid", "key-id", "must be a base64url SHA-256 JWK thumbprint (43 characters)");
   }
   let head = checkHead(options.head ?? EMPTY_HEAD);
+  // The envelope's member names are fixed, so their canonical order is too:
+  // custodyepoch, custodyhash, custodykid, custodyprev, custodyseq, custodysig,
+  // custodystream, data, datacontenttype, id, source, specversion, subject,
+  // time, type. The record is assembled from pieces in that order (a unit
+  // test holds it equal to JCS of the event object).
+  const epochMember = `{"custodyepoch":${epoch}`;
+  const kidMember = `,"custodykid":${canonicalize(signer.kid)}`;
+  const streamMember = `,"custodystream":${canonicalize(stream)}`;
 
   return {
     stream,
@@ -82,12 +106,39 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
     get head() {
       return head;
     },
-    append<T extends EventType>(input: EventInputOf<T>): AppendResult<T> {
+    append<T extends EventType>(input: EventInputOf<T>): AppendedEvent<T> {
       const parsed = parseEventInput(input);
       const seq = head.seq + 1;
       if (seq > MAX_INTEGER)
         throw invalid("custodyseq", "max", `stream ${stream} is full (seq ${MAX_INTEGER})`);
-      const unsigned = {
+      const prev = head.hash;
+      const middle = `${kidMember},"custodyprev":"${prev}","custodyseq":${seq}`;
+      const tail =
+        `${streamMember},"data":${canonicalize(parsed.data)}` +
+        `,"datacontenttype":"${DATA_CONTENT_TYPE}","id":${canonicalize(parsed.id)}` +
+        `,"source":${canonicalize(parsed.source)},"specversion":"${SPEC_VERSION}"` +
+        `,"subject":${canonicalize(parsed.subject)},"time":${canonicalize(parsed.time)}` +
+        `,"type":${canonicalize(parsed.type)}}`;
+      const hash = sha256Hex(epochMember + middle + tail);
+      const signed = `${epochMember},"custodyhash":"${hash}"${middle}`;
+      let unsealedBytes: Buffer | undefined;
+      let sealedBytes: Buffer | undefined;
+      const unsealed = (): Buffer => {
+        unsealedBytes ??= Buffer.from(signed + tail, "utf8");
+        return unsealedBytes;
+      };
+      const sealed = (): Buffer => {
+        if (sealedBytes === undefined) {
+          const signature = signer.sign(unsealed());
+          if (!(signature instanceof Uint8Array) || signature.byteLength !== ES256_SIGNATURE_BYTES) {
+            throw invalid("signer.sign", "es256-signature", "must return a 64-byte IEEE P1363 signature");
+          }
+          sealedBytes = Buffer.from(`${signed},"custodysig":"${encodeBase64url(signature)}"${tail}`, "utf8");
+        }
+        return sealedBytes;
+      };
+      head = { seq, hash };
+      const event = {
         specversion: SPEC_VERSION,
         id: parsed.id,
         source: parsed.source,
@@ -98,23 +149,12 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
         custodystream: stream,
         custodyseq: seq,
         custodyepoch: epoch,
-        custodyprev: head.hash,
+        custodyprev: prev,
+        custodyhash: hash,
         custodykid: signer.kid,
         data: parsed.data,
-      };
-      const members = canonicalMembers(unsigned);
-      const hash = sha256Hex(joinMembers(members));
-      insertMember(members, "custodyhash", `"custodyhash":"${hash}"`);
-      const signature = signer.sign(UTF8.encode(joinMembers(members)));
-      if (!(signature instanceof Uint8Array) || signature.byteLength !== ES256_SIGNATURE_BYTES) {
-        throw invalid("signer.sign", "es256-signature", "must return a 64-byte IEEE P1363 signature");
-      }
-      const sig = encodeBase64url(signature);
-      insertMember(members, "custodysig", `"custodysig":"${sig}"`);
-      const bytes = UTF8.encode(joinMembers(members));
-      head = { seq, hash };
-      const event = { ...unsigned, custodyhash: hash, custodysig: sig } as unknown as CustodyEventOf<T>;
-      return { event, bytes };
+      } as unknown as Omit<CustodyEventOf<T>, "custodysig">;
+      return { event, seq, hash, unsealed, sealed };
     },
   };
 }
@@ -137,16 +177,8 @@ export function canonicalForms(event: Readonly<Record<string, unknown>>): Canoni
 }
 
 export function sha256Hex(text: string): string {
-  return createHash("sha256").update(text, "utf8").digest("hex");
-}
-
-const UTF8 = new TextEncoder();
-
-// Keeps members sorted by name (UTF-16 code units), as canonicalMembers made them.
-function insertMember(members: Array<readonly [string, string]>, name: string, member: string): void {
-  let i = 0;
-  while (i < members.length && members[i]![0] < name) i++;
-  members.splice(i, 0, [name, member]);
+  // One-shot: no Hash object per event.
+  return oneShotHash("sha256", text, "hex");
 }
 
 function checkHead(head: StreamHead): StreamHead {

@@ -264,7 +264,8 @@ export interface ChainAttributes {
   readonly custodyprev: string;
   readonly custodyhash: string;
   readonly custodykid: string;
-  readonly custodysig: string;
+  /** Present on sealed events: it covers this event and, through custodyprev, the unsealed ones before it. */
+  readonly custodysig?: string;
 }
 
 export interface CustodyEventOf<T extends EventType> extends EventInputOf<T>, ChainAttributes {
@@ -303,7 +304,7 @@ export const envelopeSchema = z.object({
   custodyprev: hex64,
   custodyhash: hex64,
   custodykid: z.string().regex(KEY_ID, "must be a base64url SHA-256 JWK thumbprint"),
-  custodysig: z.string().regex(SIGNATURE, "must be a base64url ES256 signature"),
+  custodysig: z.string().regex(SIGNATURE, "must be a base64url ES256 signature").optional(),
   data: z.record(z.string(), z.unknown()),
 });
 export type Envelope = z.infer<typeof envelopeSchema>;

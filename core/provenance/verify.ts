@@ -6,16 +6,23 @@
  *    well-typed envelope (`malformed` otherwise, or `altered` when it parses
  *    but is not canonical); its custodyhash must be the SHA-256 of its hash
  *    input (`altered`); its kid must be a known key (`unknown-key`) and its
- *    signature must verify (`bad-signature`).
+ *    signature, when it has one (a sealed event), must verify (`bad-signature`).
  * 2. A record byte-identical to an earlier one is a re-send (`duplicate`,
  *    info) and counts once.
  * 3. Per stream and seq, among the records that passed (1): the highest
  *    epoch wins; lower-epoch ones are a deposed writer's (`stale-epoch`,
- *    warning, excluded); two different winners are a `fork`.
+ *    warning, excluded); two different winners are a `fork` (copies of one
+ *    event, same custodyhash, that differ only in their signature are
+ *    `duplicate`s).
  * 4. Walking seqs upward: an event whose epoch is below one already accepted
  *    is `stale-epoch` (excluded); a gap is `missing`; a custodyprev that is not
  *    the previous event's hash is `reordered`. Within one partition, an event
  *    at a higher offset than an event with a higher seq is `reordered`.
+ *    An unsealed event (no custodysig) must be followed, along an unbroken
+ *    chain of events of its own epoch, by a sealed one, whose signature then
+ *    covers it (`unsealed` otherwise: the writer stopped before sealing its
+ *    batch, or someone removed the seal; a warning when an error already
+ *    broke the chain between it and its seal).
  * 5. The stream must reach the highest verified checkpoint and agree with
  *    every checkpoint's hash (`truncated` otherwise).
  *
@@ -41,6 +48,7 @@ export const FINDING_KINDS = [
   "altered",
   "unknown-key",
   "bad-signature",
+  "unsealed",
   "duplicate",
   "fork",
   "stale-epoch",
@@ -100,6 +108,7 @@ const SEVERITY: Readonly<Record<FindingKind, Severity>> = {
   altered: "error",
   "unknown-key": "error",
   "bad-signature": "error",
+  unsealed: "error",
   duplicate: "info",
   fork: "error",
   "stale-epoch": "warning",
@@ -116,6 +125,8 @@ interface Located {
 
 interface Parsed extends Located {
   readonly env: Envelope;
+  /** It carries a signature (which then verified, unless broken). */
+  readonly sealed: boolean;
   /** The first integrity rule it broke, if any. */
   readonly broken: "altered" | "unknown-key" | "bad-signature" | null;
 }
@@ -190,7 +201,8 @@ function verifyStream(
     }
     const epoch = Math.max(...sound.map((c) => c.env.custodyepoch));
     const winners = sound.filter((c) => c.env.custodyepoch === epoch);
-    const first = winners[0]!;
+    // A sealed copy speaks for the event; copies with its hash are the same event.
+    const first = winners.find((c) => c.sealed) ?? winners[0]!;
     for (const c of sound) {
       if (c.env.custodyepoch < epoch) {
         findings.push(
@@ -201,6 +213,10 @@ function verifyStream(
             `epoch ${c.env.custodyepoch} below epoch ${epoch} of ${describe(first)} at the same seq`,
           ),
         );
+      } else if (c !== first && c.env.custodyhash === first.env.custodyhash) {
+        findings.push(
+          finding("duplicate", c.env, c, `the event of ${describe(first)}, differing only in its signature`),
+        );
       } else if (c !== first) {
         findings.push(finding("fork", c.env, c, `differs from ${describe(first)} at the same seq`));
       }
@@ -208,11 +224,18 @@ function verifyStream(
     occupants.set(seq, { event: first, hashes: new Set(winners.map((w) => w.env.custodyhash)) });
   }
 
-  // Rule 4: walk the chain.
+  // Rule 4: walk the chain; unsealed events wait in `unsealedRun` for a seal.
   const accepted: Parsed[] = [];
   const hashesAt = new Map<number, ReadonlySet<string>>();
   let previous: { seq: number; hashes: ReadonlySet<string>; broken: boolean } | null = null;
   let maxEpoch = -1;
+  let unsealedRun: Parsed[] = [];
+  // Behind a break (already an error) the run is a warning: nothing says it
+  // was altered, only that no signature reaches it any more.
+  const uncovered = (why: string, severity: Severity = "error") => {
+    if (unsealedRun.length > 0) findings.push({ ...unsealed(unsealedRun, why), severity });
+    unsealedRun = [];
+  };
   for (const seq of [...occupants.keys()].sort((a, b) => a - b)) {
     const { event, hashes } = occupants.get(seq)!;
     const env = event.env;
@@ -228,6 +251,7 @@ function verifyStream(
       );
       continue;
     }
+    let linked = false;
     if (previous === null) {
       if (seq > 1 && !options.allowRetentionGap) findings.push(missing(stream, 1, seq - 1, event));
       else if (seq === 1 && !broken && env.custodyprev !== GENESIS_HASH) {
@@ -239,12 +263,21 @@ function verifyStream(
       findings.push(missing(stream, previous.seq + 1, seq - 1, event));
     } else if (!broken && !previous.broken && !previous.hashes.has(env.custodyprev)) {
       findings.push(finding("reordered", env, event, `custodyprev is not the hash of seq ${previous.seq}`));
+    } else linked = !broken && !previous.broken;
+    if (!linked) uncovered(`the chain is broken before seq ${seq}`, "warning");
+    else if (unsealedRun.length > 0 && unsealedRun[0]!.env.custodyepoch !== env.custodyepoch)
+      uncovered(`seq ${seq} after them is of epoch ${env.custodyepoch}`);
+    if (!broken) {
+      if (event.sealed) unsealedRun = [];
+      else unsealedRun.push(event);
     }
     previous = { seq, hashes, broken };
     if (!broken) maxEpoch = Math.max(maxEpoch, env.custodyepoch);
     accepted.push(event);
     hashesAt.set(seq, hashes);
   }
+
+  uncovered("no sealed event of their epoch follows them");
 
   // Rule 4, offsets: per partition, seqs must rise with offsets.
   const byPartition = new Map<number, Parsed[]>();
@@ -341,7 +374,8 @@ function parse(record: Located, keys: KeyRing, findings: Finding[]): Parsed | nu
     findings.push(finding("malformed", env, record, `record cannot be canonicalized: ${why}`));
     return null;
   }
-  const parsed = (broken: Parsed["broken"]): Parsed => ({ ...record, env, broken });
+  const sealed = env.custodysig !== undefined;
+  const parsed = (broken: Parsed["broken"]): Parsed => ({ ...record, env, sealed, broken });
   if (forms.record !== record.text) {
     findings.push(finding("altered", env, record, "record is not in canonical form"));
     return parsed("altered");
@@ -355,7 +389,8 @@ function parse(record: Located, keys: KeyRing, findings: Finding[]): Parsed | nu
     findings.push(finding("unknown-key", env, record, `no public key with kid ${env.custodykid}`));
     return parsed("unknown-key");
   }
-  const signature = decodeBase64url(env.custodysig);
+  if (!sealed) return parsed(null);
+  const signature = decodeBase64url(env.custodysig!);
   if (signature === null || !verifyEs256(key, ENCODER.encode(forms.signatureInput), signature)) {
     findings.push(
       finding("bad-signature", env, record, `signature does not verify with key ${env.custodykid}`),
@@ -468,6 +503,16 @@ function missing(stream: string, from: number, to: number, next: Parsed): Findin
     offset: null,
     message: `${range} missing before ${describe(next)}`,
   };
+}
+
+function unsealed(run: readonly Parsed[], why: string): Finding {
+  const first = run[0]!;
+  const last = run[run.length - 1]!;
+  const range =
+    run.length === 1
+      ? `seq ${first.env.custodyseq} is`
+      : `seqs ${first.env.custodyseq}..${last.env.custodyseq} are`;
+  return finding("unsealed", first.env, first, `${range} unsealed and no signature covers them: ${why}`);
 }
 
 interface PartialEnvelope {

@@ -1,18 +1,32 @@
 // Batches records from many concurrent callers into few acks=all sends while
 // keeping submission order (and so per-key order), and resolves each caller's
-// promise only when the broker has acknowledged its record. A send that fails
-// is retried with the same bytes at the head of the queue, never dropped and
-// never overtaken, so while Kafka is down callers simply wait.
-import type { Kafka, Message, Producer } from "kafkajs";
+// promise only when the broker has acknowledged its whole batch. A send that
+// fails is retried with the same bytes at the head of the queue, never
+// dropped and never overtaken, so while Kafka is down callers simply wait.
+import kafkajs, { type Kafka, type Message, type Partitioners, type Producer } from "kafkajs";
+import { type Compression, compressionType } from "./codecs.ts";
+
+/**
+ * A record value that is either sealed (signed) or not, decided when the
+ * record first joins a batch: the last record of each batch is sealed, the
+ * others are not (a provenance stream's seal covers the events before it).
+ * Both calls must return the same bytes every time.
+ */
+export interface SealableValue {
+  unsealed(): Buffer;
+  sealed(): Buffer;
+}
 
 export interface ProducerRecord {
   readonly key: string;
-  readonly value: Buffer;
+  readonly value: Buffer | SealableValue;
   readonly headers?: Record<string, string>;
 }
 
 interface Pending {
   readonly record: ProducerRecord;
+  /** The value as first sent: every retry sends these bytes. */
+  bytes?: Buffer;
   readonly resolve: () => void;
   readonly reject: (err: Error) => void;
 }
@@ -21,6 +35,14 @@ export interface BatchingProducerOptions {
   readonly topic: string;
   /** Most records in one produce request. */
   readonly maxBatch?: number;
+  /**
+   * Most bytes of keys and values in one produce request, before compression
+   * (under the broker's message.max.bytes, 1 MiB by default, even when every
+   * record goes to one partition and compression does nothing).
+   */
+  readonly maxBatchBytes?: number;
+  /** Record-batch compression (shells/kafka/codecs.ts); zstd by default. */
+  readonly compression?: Compression;
   /** Delay before retrying a failed batch; doubles up to maxBackoffMs. */
   readonly minBackoffMs?: number;
   readonly maxBackoffMs?: number;
@@ -30,6 +52,7 @@ export interface BatchingProducerOptions {
 
 export class BatchingProducer {
   readonly #producer: Producer;
+  readonly #compression: number;
   readonly #opts: Required<Omit<BatchingProducerOptions, "onSendError" | "onAcked">> &
     Pick<BatchingProducerOptions, "onSendError" | "onAcked">;
   #queue: Pending[] = [];
@@ -47,8 +70,17 @@ export class BatchingProducer {
       idempotent: true,
       maxInFlightRequests: 1,
       allowAutoTopicCreation: false,
+      createPartitioner: cachedPartitioner,
     });
-    this.#opts = { maxBatch: 1000, minBackoffMs: 100, maxBackoffMs: 5000, ...opts };
+    this.#opts = {
+      maxBatch: 1000,
+      maxBatchBytes: 900_000,
+      compression: "zstd",
+      minBackoffMs: 100,
+      maxBackoffMs: 5000,
+      ...opts,
+    };
+    this.#compression = compressionType(this.#opts.compression);
   }
 
   get connected(): boolean {
@@ -86,7 +118,7 @@ export class BatchingProducer {
     this.#sending = true;
     try {
       while (!this.#stopped && this.backlog > 0) {
-        const batch = this.#queue.slice(this.#head, this.#head + this.#opts.maxBatch);
+        const batch = this.#nextBatch();
         const started = performance.now();
         try {
           if (!this.#connected) {
@@ -95,10 +127,15 @@ export class BatchingProducer {
           }
           const messages: Message[] = batch.map((p) => ({
             key: p.record.key,
-            value: p.record.value,
+            value: p.bytes!,
             ...(p.record.headers ? { headers: p.record.headers } : {}),
           }));
-          const acked = await this.#producer.send({ topic: this.#opts.topic, acks: -1, messages });
+          const acked = await this.#producer.send({
+            topic: this.#opts.topic,
+            acks: -1,
+            compression: this.#compression,
+            messages,
+          });
           for (const r of acked)
             if (r.baseOffset !== undefined) this.#baseOffsets.set(r.partition, r.baseOffset);
         } catch (err) {
@@ -125,6 +162,31 @@ export class BatchingProducer {
     }
   }
 
+  /**
+   * The records of the next send, their bytes fixed. A retry re-sends the
+   * records of the failed send together (they ended with a sealed one) and
+   * may add new ones, of which the last is sealed.
+   */
+  #nextBatch(): Pending[] {
+    const queue = this.#queue;
+    let end = this.#head;
+    let bytes = 0;
+    while (end < queue.length && queue[end]!.bytes !== undefined) bytes += sizeOf(queue[end++]!);
+    const fixed = end;
+    while (end < queue.length && end - this.#head < this.#opts.maxBatch) {
+      const next = sizeOf(queue[end]!);
+      if (end > this.#head && bytes + next > this.#opts.maxBatchBytes) break;
+      bytes += next;
+      end++;
+    }
+    for (let i = fixed; i < end; i++) {
+      const p = queue[i]!;
+      const value = p.record.value;
+      p.bytes = Buffer.isBuffer(value) ? value : i === end - 1 ? value.sealed() : value.unsealed();
+    }
+    return queue.slice(this.#head, end);
+  }
+
   /** Waits for queued records to be acknowledged, then disconnects. */
   async stop({ drainTimeoutMs = 10_000 }: { drainTimeoutMs?: number } = {}): Promise<void> {
     const deadline = Date.now() + drainTimeoutMs;
@@ -137,4 +199,30 @@ export class BatchingProducer {
     if (this.#connected) await this.#producer.disconnect();
     this.#connected = false;
   }
+}
+
+function sizeOf(p: Pending): number {
+  const value = p.bytes ?? p.record.value;
+  // A sealed value is the unsealed one plus its signature member (~100 bytes): the bound leaves room.
+  return p.record.key.length + (Buffer.isBuffer(value) ? value.length : value.unsealed().length);
+}
+
+/**
+ * kafkajs's default partitioner (murmur2 of the key, as the Java client's),
+ * remembered per key: otherwise it runs for every message, and a chain's
+ * events share their root's key. Bounded: cleared when it reaches 10,000 keys.
+ */
+function cachedPartitioner(): ReturnType<typeof Partitioners.DefaultPartitioner> {
+  const partition = kafkajs.Partitioners.DefaultPartitioner();
+  const cache = new Map<string, number>();
+  return (args) => {
+    const key = `${args.partitionMetadata.length}/${String(args.message.key)}`;
+    let p = cache.get(key);
+    if (p === undefined) {
+      p = partition(args);
+      if (cache.size >= 10_000) cache.clear();
+      cache.set(key, p);
+    }
+    return p;
+  };
 }

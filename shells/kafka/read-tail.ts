@@ -5,6 +5,8 @@
 // and deleted afterwards.
 import { randomUUID } from "node:crypto";
 import type { Kafka } from "kafkajs";
+// zstd batches (what the operator writes) need the codec registered.
+import "./codecs.ts";
 
 export interface TailRecord {
   partition: number;

@@ -372,14 +372,16 @@ describe("custody verify", () => {
       head: { seq: event.custodyseq - 1, hash: event.custodyprev },
     });
     const original = JSON.parse(record.value!.toString("utf8")) as EventInput & Record<string, unknown>;
-    const { bytes } = writer.append({
-      id: randomUUID(),
-      source: original.source,
-      type: original.type,
-      subject: original.subject,
-      time: new Date().toISOString(),
-      data: original.data,
-    } as EventInput);
+    const bytes = writer
+      .append({
+        id: randomUUID(),
+        source: original.source,
+        type: original.type,
+        subject: original.subject,
+        time: new Date().toISOString(),
+        data: original.data,
+      } as EventInput)
+      .sealed();
     const forked = records.flatMap((r) => (r === record ? [r, { ...r, value: Buffer.from(bytes) }] : [r]));
     const topic = await copyTo("forked", forked);
     const r = verify(topic);

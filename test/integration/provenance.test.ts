@@ -4,6 +4,7 @@
 // anew, and the whole topic still verifies against the published keys and
 // the anchored checkpoints.
 import { Kafka, logLevel } from "kafkajs";
+import "../../shells/kafka/codecs.ts";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { verifyStreams } from "../../core/provenance/verify.ts";
 import { eventually } from "../support/eventually.ts";

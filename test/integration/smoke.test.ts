@@ -13,6 +13,7 @@ import {
   Watch,
 } from "@kubernetes/client-node";
 import { Kafka, logLevel } from "kafkajs";
+import "../../shells/kafka/codecs.ts";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { kubeConfigFor } from "../env/local-env.ts";
 import { eventually } from "../support/eventually.ts";

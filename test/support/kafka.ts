@@ -2,6 +2,7 @@
 // per call), until `until` holds for the records seen or the time runs out.
 import { randomUUID } from "node:crypto";
 import { Kafka, logLevel } from "kafkajs";
+import "../../shells/kafka/codecs.ts";
 
 export interface TopicRecord {
   partition: number;

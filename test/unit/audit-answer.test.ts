@@ -136,6 +136,32 @@ describe("the audit answer", () => {
     expect(text).toContain(`  6 events in ${STREAM}; 6 hash-linked; every signature verified\n`);
   });
 
+  it("checks an unsealed event by the seal that covers it, and flags one no seal covers", async () => {
+    // Sealed at seqs 4 and 8 only: 9 and 10 are an unsealed tail. The child's events are 4..8 and 10.
+    const topic = new MemoryTopic();
+    writeLifecycle(topic, newWriter(), (i) => (i + 1) % 4 === 0);
+    const index = await indexOf(topic);
+    const a = buildAudit(index, CHILD.uid, verifier(KEYS));
+    expect(a.events.map((e) => [e.seq, e.signature, e.sealedBy])).toEqual([
+      [4, "verified", null],
+      [5, "verified", 8],
+      [6, "verified", 8],
+      [7, "verified", 8],
+      [8, "verified", null],
+      [10, "unsealed", null],
+    ]);
+    expect(a.integrity.ok).toBe(false);
+    expect(a.integrity.problems).toEqual([
+      `${STREAM} seq 10 (partition 1 offset 5): unsealed: no sealed event follows it in its stream (yet)`,
+    ]);
+    expect(renderAudit(a)).toContain("[UNSEALED]");
+    // A seal's bad signature is reported on every event it covers, naming the seal.
+    const forged = buildAudit(index, CHILD.uid, () => "bad-signature");
+    expect(forged.integrity.problems).toContainEqual(
+      expect.stringMatching(/^operator\/custody-0 seq 6 \(.*\): bad-signature \(of its seal, seq 8\)$/),
+    );
+  });
+
   it("flags events signed by a key it does not know, and says when signatures were not checked", async () => {
     const stranger = createEs256Signer(generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey);
     const topic = new MemoryTopic();
@@ -159,10 +185,10 @@ describe("the audit answer", () => {
     const topic = new MemoryTopic("custody.test", 1);
     const inputs = lifecycle();
     const first = newWriter("operator/a");
-    for (const input of inputs.slice(0, 5)) topic.append(0, first.append(input).bytes);
+    for (const input of inputs.slice(0, 5)) topic.append(0, first.append(input).sealed());
     // A successor re-records the child's delegation.verified under its own stream.
     const second = newWriter("operator/b", 2);
-    topic.append(0, second.append(inputs[4]!).bytes);
+    topic.append(0, second.append(inputs[4]!).sealed());
     const a = buildAudit(await indexOf(topic), CHILD.uid, verifier(KEYS));
     const verified = a.events.filter((e) => e.type === "dev.custody.task.delegation.verified");
     expect(verified).toHaveLength(1);

@@ -212,10 +212,14 @@ export class MemoryTopic implements RecordSource {
 export function writeLifecycle(
   topic: MemoryTopic,
   writer = newWriter(),
+  /** Which events (0-based) are sealed: all by default; a batching writer seals each batch's last. */
+  sealed: (i: number, count: number) => boolean = () => true,
 ): { offsets: Map<string, [number, number]> } {
   const offsets = new Map<string, [number, number]>();
-  for (const input of lifecycle()) {
-    const { bytes } = writer.append(input);
+  const inputs = lifecycle();
+  for (const [i, input] of inputs.entries()) {
+    const appended = writer.append(input);
+    const bytes = sealed(i, inputs.length) ? appended.sealed() : appended.unsealed();
     const partition = input.data.context?.taskUid === ROOT.uid ? 0 : topic.partitions.length - 1;
     offsets.set(input.id, [partition, topic.append(partition, bytes)]);
   }

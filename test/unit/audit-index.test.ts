@@ -86,10 +86,10 @@ describe("the audit index", () => {
     const topic = new MemoryTopic();
     const writer = newWriter();
     const inputs = lifecycle();
-    for (const input of inputs.slice(0, 6)) topic.append(0, writer.append(input).bytes);
+    for (const input of inputs.slice(0, 6)) topic.append(0, writer.append(input).sealed());
     const index = newIndex();
     expect((await index.update(topic)).read).toBe(6);
-    for (const input of inputs.slice(6)) topic.append(0, writer.append(input).bytes);
+    for (const input of inputs.slice(6)) topic.append(0, writer.append(input).sealed());
     const second = await index.update(topic);
     expect(second.read).toBe(4);
     // Offset 5 is the last one indexed: read again to compare bytes, not indexed twice.
@@ -109,12 +109,12 @@ describe("the audit index", () => {
     const topic = new MemoryTopic();
     const writer = newWriter();
     const inputs = lifecycle();
-    for (const input of inputs.slice(0, 4)) topic.append(0, writer.append(input).bytes);
+    for (const input of inputs.slice(0, 4)) topic.append(0, writer.append(input).sealed());
     const first = newIndex("custody.test", file);
     await first.update(topic);
     first.close();
     open.splice(open.indexOf(first), 1);
-    for (const input of inputs.slice(4)) topic.append(0, writer.append(input).bytes);
+    for (const input of inputs.slice(4)) topic.append(0, writer.append(input).sealed());
     const second = newIndex("custody.test", file);
     expect((await second.update(topic)).read).toBe(6);
     expect(second.stats().events).toBe(10);
@@ -125,14 +125,14 @@ describe("the audit index", () => {
     const topic = new MemoryTopic("custody.test", 1);
     const writer = newWriter();
     const inputs = lifecycle();
-    for (const input of inputs.slice(0, 5)) topic.append(0, writer.append(input).bytes);
+    for (const input of inputs.slice(0, 5)) topic.append(0, writer.append(input).sealed());
     let index = newIndex("custody.test", file);
     await index.update(topic);
     // Someone rewrites offset 4 (the last one indexed) with other content, then the topic grows.
     const altered = decode(topic.partitions[0]!.values[4]!);
     (altered.data as { scope: string[] }).scope = ["write:repos/acme/*"];
     topic.rewrite(0, 4, new TextEncoder().encode(canonicalize(altered)));
-    for (const input of inputs.slice(5)) topic.append(0, writer.append(input).bytes);
+    for (const input of inputs.slice(5)) topic.append(0, writer.append(input).sealed());
     const err = await index.update(topic).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(IndexMismatchError);
     expect((err as Error).message).toMatch(/partition 0 offset 4 now holds other bytes/);
@@ -186,10 +186,10 @@ describe("the audit index", () => {
     const topic = new MemoryTopic("custody.test", 1);
     const writer = newWriter();
     const inputs = lifecycle();
-    for (const input of inputs.slice(0, 3)) topic.append(0, writer.append(input).bytes);
+    for (const input of inputs.slice(0, 3)) topic.append(0, writer.append(input).sealed());
     const index = newIndex();
     await index.update(topic);
-    for (const input of inputs.slice(3)) topic.append(0, writer.append(input).bytes);
+    for (const input of inputs.slice(3)) topic.append(0, writer.append(input).sealed());
     topic.deleteBefore(0, 6);
     const warnings: string[] = [];
     const report = await index.update(topic, { onWarning: (w) => warnings.push(w) });
@@ -212,7 +212,7 @@ describe("the audit index", () => {
     const topic = new MemoryTopic("custody.test", 1);
     const writer = newWriter();
     const inputs = lifecycle();
-    const bytes = inputs.map((i) => writer.append(i).bytes);
+    const bytes = inputs.map((i) => writer.append(i).sealed());
     for (const b of bytes.slice(0, 4)) topic.append(0, b);
     topic.append(0, bytes[3]!); // a retry re-sent seq 4
     // A second writer with the same stream and head writes another seq 4: a fork.
@@ -222,7 +222,7 @@ describe("the audit index", () => {
       signer: SIGNER,
       head: headAfter(bytes[2]!),
     });
-    topic.append(0, other.append({ ...inputs[3]!, id: "evt-4-forked" }).bytes);
+    topic.append(0, other.append({ ...inputs[3]!, id: "evt-4-forked" }).sealed());
     // seq 6 chained to something else than seq 5.
     const rogue = createStreamWriter({
       stream: STREAM,
@@ -231,7 +231,7 @@ describe("the audit index", () => {
       head: { seq: 5, hash: "f".repeat(64) },
     });
     topic.append(0, bytes[4]!);
-    topic.append(0, rogue.append(inputs[5]!).bytes);
+    topic.append(0, rogue.append(inputs[5]!).sealed());
     const index = newIndex();
     const report = await index.update(topic);
     expect(report.byStatus).toEqual({ linked: 5, duplicate: 1, fork: 1, broken: 1 });

@@ -174,7 +174,8 @@ describe("stream writer", () => {
     expect(second.event.custodyprev).toBe(first.event.custodyhash);
     expect(writer.head).toEqual({ seq: 2, hash: second.event.custodyhash });
 
-    const { event, bytes } = second;
+    const { event } = second;
+    const bytes = second.sealed();
     expect(event).toMatchObject({
       specversion: "1.0",
       datacontenttype: "application/json",
@@ -184,14 +185,19 @@ describe("stream writer", () => {
       subject: SPIFFE_ID,
       time: TIME,
     });
-    // The record is the canonical form of the whole event.
-    expect(text.decode(bytes)).toBe(canonicalize(event));
-    expect(JSON.parse(text.decode(bytes))).toEqual(event);
+    // The sealed record is the canonical form of the whole event, signature included.
+    const record = JSON.parse(text.decode(bytes)) as typeof event & { custodysig: string };
+    expect(text.decode(bytes)).toBe(canonicalize(record));
+    const { custodysig, ...unsigned } = record;
+    expect(unsigned).toEqual(event);
+    // The unsealed record is the event without custodysig, canonical: exactly the signature input.
+    expect(text.decode(second.unsealed())).toBe(canonicalize(event));
+    // Sealing signs once: the same bytes on every call (a retry re-sends them).
+    expect(second.sealed()).toBe(bytes);
     // The hash covers everything but custodyhash and custodysig.
-    const { custodyhash, custodysig, ...unhashed } = event;
+    const { custodyhash, ...unhashed } = event;
     expect(custodyhash).toBe(sha256(canonicalize(unhashed)));
     // The signature covers everything but custodysig, and is a JOSE/WebCrypto ES256 signature.
-    const { custodysig: _, ...unsigned } = event;
     const key = await webcrypto.subtle.importKey(
       "jwk",
       KEY.publicKey.export({ format: "jwk" }),
@@ -206,6 +212,18 @@ describe("stream writer", () => {
       new TextEncoder().encode(canonicalize(unsigned)),
     );
     expect(ok).toBe(true);
+  });
+
+  it("writes records equal to JCS of the event whatever the strings hold", () => {
+    // The writer assembles the record from pieces in canonical member order;
+    // escapes and non-ASCII must come out exactly as canonicalize writes them.
+    const writer = createStreamWriter({ stream: 's/"q\\b', epoch: 0, signer: FAKE_SIGNER });
+    const input = { ...sampleInput(0), id: 'id "quoted" \\ \n tab\t é 😀', source: "src\u0007" };
+    const appended = writer.append(input as never);
+    const record = JSON.parse(text.decode(appended.sealed())) as Record<string, unknown>;
+    expect(text.decode(appended.sealed())).toBe(canonicalize(record));
+    expect(text.decode(appended.unsealed())).toBe(canonicalize(appended.event));
+    expect(record.id).toBe(input.id);
   });
 
   it("continues from a given head", () => {
@@ -223,23 +241,25 @@ describe("stream writer", () => {
   it("is deterministic given its inputs and a deterministic signer", () => {
     const run = () => {
       const w = createStreamWriter({ stream: STREAM, epoch: 1, signer: FAKE_SIGNER });
-      return [0, 1, 2].map((i) => Buffer.from(w.append(sampleInput(i)).bytes).toString("hex"));
+      return [0, 1, 2].map((i) => Buffer.from(w.append(sampleInput(i)).sealed()).toString("hex"));
     };
     expect(run()).toEqual(run());
   });
 
-  it("does not advance its head when an append fails", () => {
+  it("does not advance its head when an append fails; a signer fault fails the seal, not the chain", () => {
     const writer = createStreamWriter({ stream: STREAM, epoch: 1, signer: SIGNER });
     writer.append(sampleInput(0));
     const before = writer.head;
     expect(() => writer.append({ ...sampleInput(1), time: "now" } as never)).toThrow(
       expect.objectContaining({ field: "time" }),
     );
+    expect(writer.head).toEqual(before);
     const failing: Signer = { kid: SIGNER.kid, sign: () => new Uint8Array(10) };
     const w2 = createStreamWriter({ stream: STREAM, epoch: 1, signer: failing, head: before });
-    expect(() => w2.append(sampleInput(1))).toThrow(expect.objectContaining({ rule: "es256-signature" }));
-    expect(w2.head).toEqual(before);
-    expect(writer.head).toEqual(before);
+    const appended = w2.append(sampleInput(1));
+    expect(() => appended.sealed()).toThrow(expect.objectContaining({ rule: "es256-signature" }));
+    // The unsealed record needs no signer; the next seal would cover it.
+    expect(JSON.parse(text.decode(appended.unsealed())).custodysig).toBeUndefined();
   });
 
   it("refuses bad options, naming them", () => {

@@ -157,6 +157,8 @@ export function writeStream(
     partition?: number;
     firstOffset?: number;
     signer?: Signer;
+    /** Seal every n-th event and the last (as a writer sealing batches of n); every event when absent. */
+    sealEvery?: number;
   } = {},
 ): WrittenStream {
   const stream = options.stream ?? STREAM;
@@ -169,7 +171,9 @@ export function writeStream(
   const start = options.head?.seq ?? 0;
   const records: StreamRecord[] = [];
   for (let i = 0; i < count; i++) {
-    const { bytes } = writer.append(sampleInput(start + i, stream));
+    const appended = writer.append(sampleInput(start + i, stream));
+    const seal = (i + 1) % (options.sealEvery ?? 1) === 0 || i === count - 1;
+    const bytes = seal ? appended.sealed() : appended.unsealed();
     records.push({
       partition: options.partition ?? 0,
       offset: String((options.firstOffset ?? 0) + i),

@@ -183,7 +183,7 @@ describe("verifyStreams: tampering, each named", () => {
     const forked = [100, 101].map((n, i) => ({
       partition: 0,
       offset: String(20 + i),
-      value: writer.append(sampleInput(n)).bytes,
+      value: writer.append(sampleInput(n)).sealed(),
     }));
     const report = verify([...CLEAN, ...forked]);
     expect(report.ok).toBe(false);
@@ -344,12 +344,95 @@ describe("verifyStreams: any single-byte change is detected", () => {
   });
 });
 
+describe("verifyStreams: batches sealed by their last event", () => {
+  // Events 1..20, sealed at 5, 10, 15 and 20.
+  const { records: BATCHED } = writeStream(20, { sealEvery: 5 });
+  const sealedAt = (records: readonly StreamRecord[]) =>
+    records.flatMap((r) => (eventOf(r).custodysig === undefined ? [] : [eventOf(r).custodyseq]));
+  /** The same event without its custodysig (canonical). */
+  const unseal = (r: StreamRecord) => tamper(r, (e) => delete e.custodysig);
+
+  it("passes: each seal covers the unsealed events before it", () => {
+    expect(sealedAt(BATCHED)).toEqual([5, 10, 15, 20]);
+    const report = verify(BATCHED);
+    expect(report.ok).toBe(true);
+    expect(report.streams[0]).toMatchObject({ events: 20, findings: [] });
+  });
+
+  it("an unsealed tail is `unsealed`, naming its first and last seq", () => {
+    const records = BATCHED.map((r, i) => (i === 19 ? unseal(r) : r));
+    const report = verify(records);
+    expect(report.ok).toBe(false);
+    expect(brief(report.streams[0]!.findings)).toEqual([
+      { kind: "unsealed", seq: 16, id: idOf(BATCHED[15]!), offset: "15" },
+    ]);
+    expect(report.streams[0]!.findings[0]!.message).toMatch(/seqs 16\.\.20 are unsealed/);
+  });
+
+  it("a seal removed mid-stream is covered by the next seal (the content is unchanged)", () => {
+    // Stripping a signature changes no event: the next seal still covers 6..15.
+    const records = BATCHED.map((r, i) => (i === 9 ? unseal(r) : r));
+    expect(verify(records).ok).toBe(true);
+  });
+
+  it("an unsealed event altered with its hash recomputed breaks the link to the seal", () => {
+    const records = BATCHED.map((r, i) =>
+      i === 6
+        ? tamper(r, (e) => {
+            e.subject = "spiffe://custody.local/ns/x/agent/y/task/z";
+            const { custodyhash: _, ...rest } = e;
+            e.custodyhash = createHash("sha256").update(canonicalize(rest)).digest("hex");
+          })
+        : r,
+    );
+    const findings = verify(records).streams[0]!.findings;
+    // The break is the error; the events it cuts off from their seal are a warning.
+    expect(findings.map((f) => [f.kind, f.seq, f.severity])).toEqual([
+      ["unsealed", 6, "warning"],
+      ["reordered", 8, "error"],
+    ]);
+  });
+
+  it("a seal of another epoch does not cover a predecessor's unsealed events", () => {
+    const a = writeStream(4, { epoch: 2, sealEvery: 10 });
+    const tail = unseal(a.records[3]!);
+    const b = writeStream(2, { epoch: 3, head: a.head, firstOffset: 4 });
+    const report = verify([...a.records.slice(0, 3), tail, ...b.records]);
+    expect(brief(report.streams[0]!.findings)).toEqual([
+      { kind: "unsealed", seq: 1, id: idOf(a.records[0]!), offset: "0" },
+    ]);
+    expect(report.streams[0]!.findings[0]!.message).toMatch(/seqs 1\.\.4 .*seq 5 after them is of epoch 3/);
+  });
+
+  it("a sealed and an unsealed copy of one event are a duplicate, not a fork", () => {
+    const { records } = writeStream(3, { sealEvery: 1 });
+    const report = verify([...records, { ...unseal(records[1]!), offset: "3" }]);
+    expect(report.ok).toBe(true);
+    expect(brief(report.streams[0]!.findings)).toEqual([
+      { kind: "duplicate", seq: 2, id: idOf(records[1]!), offset: "3" },
+    ]);
+  });
+
+  it("verifies for any batching, and fails once the last seal is removed", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 30 }), fc.integer({ min: 1, max: 12 }), (count, every) => {
+        const { records } = writeStream(count, { sealEvery: every });
+        if (!verify(records).ok) return false;
+        const stripped = records.map((r, i) => (i === count - 1 ? unseal(r) : r));
+        const findings = verify(stripped).streams[0]!.findings;
+        return findings.length === 1 && findings[0]!.kind === "unsealed";
+      }),
+      { numRuns: 60 },
+    );
+  });
+});
+
 describe("verifyStreams: chain continuity across writers", () => {
   it("accepts a takeover by a higher epoch from the committed head", () => {
     const a = writeStream(4, { epoch: 7 });
     const writer = createStreamWriter({ stream: STREAM, epoch: 8, signer: SIGNER, head: a.head });
     const next = writer.append(sampleInput(4));
-    const report = verify([...a.records, { partition: 0, offset: "4", value: next.bytes }]);
+    const report = verify([...a.records, { partition: 0, offset: "4", value: next.sealed() }]);
     expect(report.ok).toBe(true);
     expect(report.streams[0]).toMatchObject({ events: 5, epoch: 8, findings: [] });
   });
