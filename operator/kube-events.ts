@@ -2,8 +2,11 @@
 // path: issuance never waits for an Event, and a failed Event is logged, not
 // retried, because Events are best-effort by Kubernetes' own design. Like
 // client-go's event recorder, a token bucket bounds the API server writes
-// Events may take (they compete with the writes that issue credentials);
-// Events beyond it are shed and counted. Status and provenance are the record.
+// Events may take (they compete with the writes that issue credentials).
+// Events beyond the bucket wait in a bounded queue, so a cascade that revokes
+// a thousand tasks still leaves an Event on each, written after the cascade
+// rather than during it; only past the queue's bound are Events shed (and
+// counted). Status and provenance are the record.
 import { randomBytes } from "node:crypto";
 import { API_VERSION, KIND } from "../core/api/v1alpha1.ts";
 import type { KubeRest } from "../shells/kube/rest.ts";
@@ -17,9 +20,15 @@ export interface EventTarget {
   resourceVersion?: string | undefined;
 }
 
+type EventBody = Record<string, unknown> & { metadata: { namespace: string } };
+
 export class TaskEventRecorder {
   #inflight = 0;
   #dropped = 0;
+  #queue: EventBody[] = [];
+  #head = 0;
+  #timer: NodeJS.Timeout | undefined;
+  readonly #maxQueued: number;
   readonly #rest: KubeRest;
   readonly #log: Logger;
   readonly #instance: string;
@@ -35,10 +44,12 @@ export class TaskEventRecorder {
     instance: string,
     {
       maxInflight = 16,
-      ratePerSecond = 25,
+      ratePerSecond = 50,
       burst = 100,
-    }: { maxInflight?: number; ratePerSecond?: number; burst?: number } = {},
+      maxQueued = 10_000,
+    }: { maxInflight?: number; ratePerSecond?: number; burst?: number; maxQueued?: number } = {},
   ) {
+    this.#maxQueued = maxQueued;
     this.#rest = rest;
     this.#log = log;
     this.#instance = instance;
@@ -64,14 +75,18 @@ export class TaskEventRecorder {
     return this.#dropped;
   }
 
+  /** Events waiting for the bucket. */
+  get queued(): number {
+    return this.#queue.length - this.#head;
+  }
+
   emit(target: EventTarget, type: "Normal" | "Warning", reason: string, action: string, note: string): void {
-    if (this.#inflight >= this.#maxInflight || !this.#take()) {
-      // Shed load rather than queue without bound: the status and the
-      // provenance stream are the records that matter.
+    if (this.queued >= this.#maxQueued) {
+      // Shed rather than queue without bound: the status and the provenance
+      // stream are the records that matter.
       this.#dropped++;
       return;
     }
-    this.#inflight++;
     const now = new Date();
     const body = {
       apiVersion: "events.k8s.io/v1",
@@ -93,17 +108,50 @@ export class TaskEventRecorder {
         resourceVersion: target.resourceVersion,
       },
     };
-    this.#rest
-      .post(eventsPath(target.namespace), body)
-      .catch((err: unknown) => {
-        this.#log.debug("event not recorded", {
-          object: `${target.namespace}/${target.name}`,
-          reason,
-          error: String(err),
+    this.#queue.push(body);
+    this.#pump();
+  }
+
+  /** Stops the drain timer; what is still queued is not written. */
+  close(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #pump(): void {
+    while (this.queued > 0 && this.#inflight < this.#maxInflight) {
+      if (!this.#take()) {
+        // The next token: come back then (one timer at a time).
+        this.#timer ??= setTimeout(
+          () => {
+            this.#timer = undefined;
+            this.#pump();
+          },
+          Math.ceil(1000 / this.#ratePerSecond),
+        );
+        this.#timer.unref?.();
+        return;
+      }
+      const body = this.#queue[this.#head++]!;
+      if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
+        this.#queue = this.#queue.slice(this.#head);
+        this.#head = 0;
+      }
+      this.#inflight++;
+      const regarding = body.regarding as { name: string };
+      this.#rest
+        .post(eventsPath(body.metadata.namespace), body)
+        .catch((err: unknown) => {
+          this.#log.debug("event not recorded", {
+            object: `${body.metadata.namespace}/${regarding.name}`,
+            reason: body.reason,
+            error: String(err),
+          });
+        })
+        .finally(() => {
+          this.#inflight--;
+          this.#pump();
         });
-      })
-      .finally(() => {
-        this.#inflight--;
-      });
+    }
   }
 }

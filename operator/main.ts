@@ -949,6 +949,7 @@ async function main(): Promise<void> {
       admission.close(),
       identityEndpoint?.close(),
     ]);
+    events.close();
     health.close();
     rest.close();
     process.exit(0);
