@@ -4,9 +4,10 @@
 // client-go's event recorder, a token bucket bounds the API server writes
 // Events may take (they compete with the writes that issue credentials).
 // Events beyond the bucket wait in a bounded queue, so a cascade that revokes
-// a thousand tasks still leaves an Event on each, written after the cascade
-// rather than during it; only past the queue's bound are Events shed (and
-// counted). Status and provenance are the record.
+// a thousand tasks still leaves an Event on each; while the reconcilers are
+// busy (`busy`) Events wait too, up to maxHoldMs, so that they are written
+// after a cascade rather than during it. Only past the queue's bound are
+// Events shed (and counted). Status and provenance are the record.
 import { randomBytes } from "node:crypto";
 import { API_VERSION, KIND } from "../core/api/v1alpha1.ts";
 import type { KubeRest } from "../shells/kube/rest.ts";
@@ -22,13 +23,20 @@ export interface EventTarget {
 
 type EventBody = Record<string, unknown> & { metadata: { namespace: string } };
 
+interface Queued {
+  readonly body: EventBody;
+  readonly at: number;
+}
+
 export class TaskEventRecorder {
   #inflight = 0;
   #dropped = 0;
-  #queue: EventBody[] = [];
+  #queue: Queued[] = [];
   #head = 0;
   #timer: NodeJS.Timeout | undefined;
   readonly #maxQueued: number;
+  readonly #busy: () => boolean;
+  readonly #maxHoldMs: number;
   readonly #rest: KubeRest;
   readonly #log: Logger;
   readonly #instance: string;
@@ -47,9 +55,22 @@ export class TaskEventRecorder {
       ratePerSecond = 50,
       burst = 100,
       maxQueued = 10_000,
-    }: { maxInflight?: number; ratePerSecond?: number; burst?: number; maxQueued?: number } = {},
+      busy = () => false,
+      maxHoldMs = 10_000,
+    }: {
+      maxInflight?: number;
+      ratePerSecond?: number;
+      burst?: number;
+      maxQueued?: number;
+      /** True while writes that matter more (reconciles) are waiting: Events hold back. */
+      busy?: () => boolean;
+      /** How long an Event may be held back while busy. */
+      maxHoldMs?: number;
+    } = {},
   ) {
     this.#maxQueued = maxQueued;
+    this.#busy = busy;
+    this.#maxHoldMs = maxHoldMs;
     this.#rest = rest;
     this.#log = log;
     this.#instance = instance;
@@ -108,7 +129,7 @@ export class TaskEventRecorder {
         resourceVersion: target.resourceVersion,
       },
     };
-    this.#queue.push(body);
+    this.#queue.push({ body, at: Date.now() });
     this.#pump();
   }
 
@@ -118,21 +139,22 @@ export class TaskEventRecorder {
     this.#timer = undefined;
   }
 
+  #later(ms: number): void {
+    // One timer at a time.
+    this.#timer ??= setTimeout(() => {
+      this.#timer = undefined;
+      this.#pump();
+    }, ms);
+    this.#timer.unref?.();
+  }
+
   #pump(): void {
     while (this.queued > 0 && this.#inflight < this.#maxInflight) {
-      if (!this.#take()) {
-        // The next token: come back then (one timer at a time).
-        this.#timer ??= setTimeout(
-          () => {
-            this.#timer = undefined;
-            this.#pump();
-          },
-          Math.ceil(1000 / this.#ratePerSecond),
-        );
-        this.#timer.unref?.();
-        return;
-      }
-      const body = this.#queue[this.#head++]!;
+      const held = Date.now() - this.#queue[this.#head]!.at;
+      if (held < this.#maxHoldMs && this.#busy()) return this.#later(Math.min(200, this.#maxHoldMs - held));
+      // The next token: come back then.
+      if (!this.#take()) return this.#later(Math.ceil(1000 / this.#ratePerSecond));
+      const { body } = this.#queue[this.#head++]!;
       if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
         this.#queue = this.#queue.slice(this.#head);
         this.#head = 0;

@@ -320,7 +320,11 @@ async function main(): Promise<void> {
   const credentialIndex = new CredentialIndex();
   // The CAs whose credentials are this installation's (the issuing CA and every trust anchor).
   const ourCas = new Set([caFingerprint(ca.certDer), ...trustAnchorsDer.map(caFingerprint)]);
-  const events = new TaskEventRecorder(rest, log.child("events"), identity);
+  // Events wait while tasks wait for a worker (a cascade, a burst): the
+  // status writes come first. `queue` is declared below; this runs later.
+  const events = new TaskEventRecorder(rest, log.child("events"), identity, {
+    busy: () => queue.depth > 0,
+  });
   const reconciler = createTaskReconciler({
     rest,
     getTask,

@@ -205,6 +205,11 @@ export class WorkQueue {
   private active = 0;
   private pumpScheduled = false;
   private shuttingDown = false;
+
+  /** Keys ready and waiting for a worker (not those being processed or delayed). */
+  get depth(): number {
+    return this.queue.length;
+  }
   private drainQueued = false;
   private idleWaiters: Array<() => void> = [];
 

@@ -60,6 +60,24 @@ describe("TaskEventRecorder", () => {
     expect(recorder.queued).toBe(0);
   });
 
+  it("holds Events back while busy, and no longer than maxHoldMs", async () => {
+    const { rest, posted } = fakeRest();
+    let busy = true;
+    const recorder = new TaskEventRecorder(rest, log, "op-1", { busy: () => busy, maxHoldMs: 300 });
+    recorders.push(recorder);
+    recorder.emit({ namespace: "ns", name: "a" }, "Warning", "AncestorRevoked", "Revoke", "root revoked");
+    await new Promise((r) => setTimeout(r, 100));
+    expect(posted).toHaveLength(0);
+    busy = false;
+    await until(() => posted.length === 1);
+    // Still busy: written anyway once held for maxHoldMs.
+    busy = true;
+    const started = Date.now();
+    recorder.emit({ namespace: "ns", name: "b" }, "Warning", "AncestorRevoked", "Revoke", "root revoked");
+    await until(() => posted.length === 2);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+  });
+
   it("sheds and counts Events past its queue bound", async () => {
     const { rest, posted } = fakeRest();
     const recorder = new TaskEventRecorder(rest, log, "op-1", {
