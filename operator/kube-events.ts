@@ -151,9 +151,15 @@ export class TaskEventRecorder {
   #pump(): void {
     while (this.queued > 0 && this.#inflight < this.#maxInflight) {
       const held = Date.now() - this.#queue[this.#head]!.at;
-      if (held < this.#maxHoldMs && this.#busy()) return this.#later(Math.min(200, this.#maxHoldMs - held));
+      if (held < this.#maxHoldMs && this.#busy()) {
+        this.#later(Math.min(200, this.#maxHoldMs - held));
+        return;
+      }
       // The next token: come back then.
-      if (!this.#take()) return this.#later(Math.ceil(1000 / this.#ratePerSecond));
+      if (!this.#take()) {
+        this.#later(Math.ceil(1000 / this.#ratePerSecond));
+        return;
+      }
       const { body } = this.#queue[this.#head++]!;
       if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
         this.#queue = this.#queue.slice(this.#head);
