@@ -74,6 +74,19 @@ export interface IndexedEvent {
   readonly record: Uint8Array;
 }
 
+/** How far after an unsealed event its seal may be (a writer seals every send of at most 1,000). */
+const MAX_SEAL_DISTANCE = 10_000;
+
+interface RunRow {
+  rowid: number;
+  seq: number;
+  epoch: number | null;
+  prev: string | null;
+  hash: string | null;
+  kid: string | null;
+  sealed: number;
+}
+
 /** A sealed event, as the audit needs it to check the signature that covers earlier events. */
 export interface Seal {
   readonly seq: number;
@@ -536,23 +549,57 @@ export class AuditIndex {
   }
 
   /**
-   * The seal covering an unsealed event: the next sealed event of its stream,
-   * when every event up to it is indexed, linked and of the same epoch (so
-   * its signature covers this event through custodyprev). Otherwise why not.
+   * The seal covering an unsealed event: walking forward from it, each next
+   * seq must hold exactly one event (copies of one event count once), chain
+   * to the one before by its exact hash and be of the same epoch, up to the
+   * first sealed one, whose signature then covers this event. Otherwise why not.
    */
-  sealOf(event: Pick<IndexedEvent, "stream" | "seq" | "epoch">): Seal | { readonly problem: string } {
-    if (event.stream === null || event.seq === null || event.epoch === null)
+  sealOf(
+    event: Pick<IndexedEvent, "stream" | "seq" | "epoch" | "hash">,
+  ): Seal | { readonly problem: string } {
+    if (event.stream === null || event.seq === null || event.epoch === null || event.hash === null)
       return { problem: "the event names no stream" };
-    const seal = this.#stmt.nextSeal.get(event.stream, event.seq) as
-      | { seq: number; epoch: number; kid: string | null; record: Uint8Array }
-      | undefined;
-    if (seal === undefined) return { problem: "no sealed event follows it in its stream (yet)" };
-    if (seal.epoch !== event.epoch)
-      return { problem: `the next seal, seq ${seal.seq}, is of epoch ${seal.epoch}, not ${event.epoch}` };
-    const run = this.#stmt.linkedRun.get(event.stream, event.seq, seal.seq, event.epoch) as { n: number };
-    if (run.n !== seal.seq - event.seq)
-      return { problem: `the chain from it to the seal at seq ${seal.seq} is not whole and linked` };
-    return { seq: seal.seq, kid: seal.kid, record: seal.record };
+    let expected = event.hash;
+    let at = event.seq;
+    let group: RunRow[] = [];
+    const step = (): Seal | { readonly problem: string } | null => {
+      const hashes = new Set(group.map((r) => r.hash));
+      if (hashes.size > 1) return { problem: `seq ${at} holds more than one event` };
+      const row = group.find((r) => r.sealed === 1) ?? group[0]!;
+      if (row.prev !== expected) return { problem: `seq ${at} does not chain to seq ${at - 1}` };
+      if (row.epoch !== event.epoch)
+        return {
+          problem: `seq ${at} is of epoch ${row.epoch}, not ${event.epoch}: a seal covers only its own epoch`,
+        };
+      if (row.sealed === 1) {
+        const { record } = this.#stmt.recordOf.get(row.rowid) as { record: Uint8Array };
+        return { seq: at, kid: row.kid, record };
+      }
+      expected = row.hash!;
+      return null;
+    };
+    for (const row of this.#stmt.runAfter.iterate(
+      event.stream,
+      event.seq,
+      event.seq + MAX_SEAL_DISTANCE,
+    ) as Iterable<RunRow>) {
+      if (row.seq === at) {
+        group.push(row);
+        continue;
+      }
+      if (group.length > 0) {
+        const done = step();
+        if (done !== null) return done;
+      }
+      if (row.seq !== at + 1) return { problem: `seq ${at + 1} is not in the index` };
+      at = row.seq;
+      group = [row];
+    }
+    if (group.length > 0) {
+      const done = step();
+      if (done !== null) return done;
+    }
+    return { problem: "no sealed event follows it in its stream (yet)" };
   }
 
   stats(): { events: number; partitions: number; updated: string | null; gaps: RetentionGap[] } {
@@ -587,6 +634,13 @@ function link(
 ): { status: ChainStatus; note: string | null } {
   const seq = f.seq!;
   const other = near.find((r) => r.seq === seq && isSound(r));
+  if (other !== undefined && other.hash === f.hash) {
+    // The same event (same hash), sealed in one copy and not in the other.
+    return {
+      status: "duplicate",
+      note: `the event of partition ${other.partition} offset ${other.offset}, differing only in its signature`,
+    };
+  }
   if (other !== undefined) {
     const epochs = other.epoch === f.epoch ? "" : ` (epoch ${f.epoch} there ${other.epoch})`;
     return {
@@ -759,16 +813,13 @@ function prepare(db: DatabaseSync) {
        FROM events e JOIN records r ON r.rowid = e.rowid
        WHERE e.task_uid = ? AND e.status != 'duplicate' ORDER BY e.time, e.stream, e.seq, e.rowid`,
     ),
-    // The first sealed event after a seq, and how many linked events of one epoch lead to it.
-    nextSeal: p(
-      `SELECT e.seq, e.epoch, e.kid, r.record FROM events e JOIN records r ON r.rowid = e.rowid
-       WHERE e.stream = ? AND e.seq > ? AND e.sealed = 1 AND e.status IN ('linked', 'unlinked', 'broken', 'fork')
-       ORDER BY e.seq LIMIT 1`,
+    // The events after a seq, in seq order: the walk to the seal covering an unsealed event.
+    runAfter: p(
+      `SELECT rowid, seq, epoch, prev, hash, kid, sealed FROM events
+       WHERE stream = ? AND seq > ? AND seq <= ? AND status IN ('linked', 'unlinked', 'broken', 'fork')
+       ORDER BY seq, rowid`,
     ),
-    linkedRun: p(
-      `SELECT count(DISTINCT seq) AS n FROM events
-       WHERE stream = ? AND seq > ? AND seq <= ? AND status = 'linked' AND epoch = ?`,
-    ),
+    recordOf: p("SELECT record FROM records WHERE rowid = ?"),
     maxRowid: p("SELECT max(rowid) AS n FROM events"),
     statusesSince: p(
       "SELECT status, count(*) AS n FROM events WHERE rowid > ? GROUP BY status ORDER BY status",

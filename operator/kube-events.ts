@@ -34,6 +34,7 @@ export class TaskEventRecorder {
   #queue: Queued[] = [];
   #head = 0;
   #timer: NodeJS.Timeout | undefined;
+  #closed = false;
   readonly #maxQueued: number;
   readonly #busy: () => boolean;
   readonly #maxHoldMs: number;
@@ -133,8 +134,9 @@ export class TaskEventRecorder {
     this.#pump();
   }
 
-  /** Stops the drain timer; what is still queued is not written. */
+  /** Stops writing: what is still queued is not written (Events are best effort). */
   close(): void {
+    this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = undefined;
   }
@@ -149,7 +151,7 @@ export class TaskEventRecorder {
   }
 
   #pump(): void {
-    while (this.queued > 0 && this.#inflight < this.#maxInflight) {
+    while (!this.#closed && this.queued > 0 && this.#inflight < this.#maxInflight) {
       const held = Date.now() - this.#queue[this.#head]!.at;
       if (held < this.#maxHoldMs && this.#busy()) {
         this.#later(Math.min(200, this.#maxHoldMs - held));

@@ -823,7 +823,7 @@ async function main(): Promise<void> {
       .filter((x) => names.has(x.e?.custodystream ?? ""));
     const report = verifyStreams(
       theirs.map(({ r }) => ({ partition: r.partition, offset: r.offset, value: r.value })),
-      { keys: await anchor.publishedKeys(), allowRetentionGap: true },
+      { keys: await anchor.publishedKeys(), allowRetentionGap: true, listAuthentic: true },
     );
     const untrusted = new Set<string>();
     for (const st of report.streams) {
@@ -836,7 +836,14 @@ async function main(): Promise<void> {
         first: errors[0]!.message.slice(0, 300),
       });
     }
-    const events = theirs.flatMap(({ e }) => (e && !untrusted.has(e.custodystream ?? "") ? [e] : []));
+    // Only what a verified signature covers: an unsealed record no seal
+    // reaches could have been written by anyone who can write to the topic.
+    const authentic = new Set<string>();
+    for (const st of report.streams)
+      if (!untrusted.has(st.stream)) for (const at of st.authentic ?? []) authentic.add(at);
+    const events = theirs.flatMap(({ r, e }) =>
+      e && authentic.has(`${r.partition}:${r.offset}`) ? [e] : [],
+    );
     // The serials the task holds now: its status and its Secret (none when it is gone or re-created).
     const abandoned = findAbandoned(events, ({ taskUid, namespace, name }) => {
       const c = tasks.get(`${namespace}/${name}`);

@@ -8,8 +8,11 @@
  *    input (`altered`); its kid must be a known key (`unknown-key`) and its
  *    signature, when it has one (a sealed event), must verify (`bad-signature`).
  * 2. A record byte-identical to an earlier one is a re-send (`duplicate`,
- *    info) and counts once.
- * 3. Per stream and seq, among the records that passed (1): the highest
+ *    info) and counts once. A sealed record covers the unsealed records of
+ *    its epoch that it reaches back along exact custodyprev hashes; an
+ *    unsealed record no seal covers is `unsealed` (error), whatever its
+ *    epoch or seq: anyone who can write to the topic could have written it.
+ * 3. Per stream and seq, among the records that passed (1) and (2): the highest
  *    epoch wins; lower-epoch ones are a deposed writer's (`stale-epoch`,
  *    warning, excluded); two different winners are a `fork` (copies of one
  *    event, same custodyhash, that differ only in their signature are
@@ -18,11 +21,9 @@
  *    is `stale-epoch` (excluded); a gap is `missing`; a custodyprev that is not
  *    the previous event's hash is `reordered`. Within one partition, an event
  *    at a higher offset than an event with a higher seq is `reordered`.
- *    An unsealed event (no custodysig) must be followed, along an unbroken
- *    chain of events of its own epoch, by a sealed one, whose signature then
- *    covers it (`unsealed` otherwise: the writer stopped before sealing its
- *    batch, or someone removed the seal; a warning when an error already
- *    broke the chain between it and its seal).
+ *    Uncovered records hold a seq only when no covered one does; a run of
+ *    them is reported once (a warning when a gap or an integrity error,
+ *    already named, cuts it off from its seal).
  * 5. The stream must reach the highest verified checkpoint and agree with
  *    every checkpoint's hash (`truncated` otherwise).
  *
@@ -81,6 +82,13 @@ export interface StreamReport {
   readonly head: StreamHead | null;
   readonly epoch: number | null;
   readonly findings: readonly Finding[];
+  /**
+   * With `listAuthentic`: the accepted events that a verified signature
+   * covers (sealed, or reached by a seal), as `partition:offset`. What a
+   * program may act on; everything else could have been written by anyone
+   * who can write to the topic.
+   */
+  readonly authentic?: ReadonlySet<string>;
 }
 
 export interface VerifyReport {
@@ -101,6 +109,8 @@ export interface VerifyOptions {
    * stream whose first event is not seq 1. Off by default (then that is `missing`).
    */
   readonly allowRetentionGap?: boolean;
+  /** Fill each stream report's `authentic`. */
+  readonly listAuthentic?: boolean;
 }
 
 const SEVERITY: Readonly<Record<FindingKind, Severity>> = {
@@ -190,20 +200,58 @@ function verifyStream(
   options: VerifyOptions,
   findings: Finding[],
 ): StreamReport {
-  // Rule 3: pick each seq's occupant.
+  // Rule 2b: which unsealed records a seal covers. From each sealed record
+  // whose signature verified, walk back along exact custodyprev hashes
+  // through unsealed records of the seal's epoch.
+  const unsealedAt = new Map<string, Parsed[]>();
+  for (const candidates of seqs.values()) {
+    for (const c of candidates) {
+      if (c.broken !== null || c.sealed) continue;
+      const at = `${c.env.custodyseq}|${c.env.custodyhash}`;
+      const list = unsealedAt.get(at);
+      if (list === undefined) unsealedAt.set(at, [c]);
+      else list.push(c);
+    }
+  }
+  const covered = new Set<Parsed>();
+  for (const candidates of seqs.values()) {
+    for (const seal of candidates) {
+      if (seal.broken !== null || !seal.sealed) continue;
+      let cur: Parsed = seal;
+      for (;;) {
+        const next = unsealedAt
+          .get(`${cur.env.custodyseq - 1}|${cur.env.custodyprev}`)
+          ?.find((u) => u.env.custodyepoch === seal.env.custodyepoch && !covered.has(u));
+        if (next === undefined) break;
+        covered.add(next);
+        cur = next;
+      }
+    }
+  }
+  /** Intact and signed: by itself (sealed) or by a seal that chains to it. */
+  const authentic = (c: Parsed) => c.broken === null && (c.sealed || covered.has(c));
+  /** Intact but no signature reaches it: anyone who can write to the topic could have written it. */
+  const uncovered = (c: Parsed) => c.broken === null && !c.sealed && !covered.has(c);
+
+  // Rule 3: pick each seq's occupant among the authentic records; an
+  // uncovered one holds a seq only when nothing authentic does.
   const occupants = new Map<number, { readonly event: Parsed; readonly hashes: ReadonlySet<string> }>();
   for (const [seq, candidates] of seqs) {
-    const sound = candidates.filter((c) => c.broken === null);
-    if (sound.length === 0) {
-      // Every copy failed integrity (already reported): keep one so the chain walk does not also call it missing.
-      occupants.set(seq, { event: candidates[0]!, hashes: new Set([candidates[0]!.env.custodyhash]) });
+    const trusted = candidates.filter(authentic);
+    const unproven = candidates.filter(uncovered);
+    if (trusted.length === 0) {
+      // Every copy failed integrity or is unsealed (reported below): keep one
+      // so the chain walk does not also call the seq missing.
+      const seat = unproven[0] ?? candidates[0]!;
+      occupants.set(seq, { event: seat, hashes: new Set([seat.env.custodyhash]) });
+      for (const c of unproven.slice(1)) findings.push(loneUnsealed(c, `beside ${describe(seat)}`));
       continue;
     }
-    const epoch = Math.max(...sound.map((c) => c.env.custodyepoch));
-    const winners = sound.filter((c) => c.env.custodyepoch === epoch);
+    const epoch = Math.max(...trusted.map((c) => c.env.custodyepoch));
+    const winners = trusted.filter((c) => c.env.custodyepoch === epoch);
     // A sealed copy speaks for the event; copies with its hash are the same event.
     const first = winners.find((c) => c.sealed) ?? winners[0]!;
-    for (const c of sound) {
+    for (const c of trusted) {
       if (c.env.custodyepoch < epoch) {
         findings.push(
           finding(
@@ -221,26 +269,28 @@ function verifyStream(
         findings.push(finding("fork", c.env, c, `differs from ${describe(first)} at the same seq`));
       }
     }
+    for (const c of unproven)
+      findings.push(loneUnsealed(c, `not the event the stream holds there, ${describe(first)}`));
     occupants.set(seq, { event: first, hashes: new Set(winners.map((w) => w.env.custodyhash)) });
   }
 
-  // Rule 4: walk the chain; unsealed events wait in `unsealedRun` for a seal.
+  // Rule 4: walk the chain. Uncovered occupants gather in runs, each
+  // reported once; only authentic events move the stream's epoch.
   const accepted: Parsed[] = [];
   const hashesAt = new Map<number, ReadonlySet<string>>();
   let previous: { seq: number; hashes: ReadonlySet<string>; broken: boolean } | null = null;
   let maxEpoch = -1;
-  let unsealedRun: Parsed[] = [];
-  // Behind a break (already an error) the run is a warning: nothing says it
-  // was altered, only that no signature reaches it any more.
-  const uncovered = (why: string, severity: Severity = "error") => {
-    if (unsealedRun.length > 0) findings.push({ ...unsealed(unsealedRun, why), severity });
-    unsealedRun = [];
+  let run: Parsed[] = [];
+  const endRun = (why: string, severity: Severity) => {
+    if (run.length > 0) findings.push({ ...unsealedRun(run, why), severity });
+    run = [];
   };
   for (const seq of [...occupants.keys()].sort((a, b) => a - b)) {
     const { event, hashes } = occupants.get(seq)!;
     const env = event.env;
     const broken = event.broken !== null;
-    if (!broken && env.custodyepoch < maxEpoch) {
+    const unproven = uncovered(event);
+    if (!broken && !unproven && env.custodyepoch < maxEpoch) {
       findings.push(
         finding(
           "stale-epoch",
@@ -251,7 +301,8 @@ function verifyStream(
       );
       continue;
     }
-    let linked = false;
+    let gap = false;
+    let mislinked = false;
     if (previous === null) {
       if (seq > 1 && !options.allowRetentionGap) findings.push(missing(stream, 1, seq - 1, event));
       else if (seq === 1 && !broken && env.custodyprev !== GENESIS_HASH) {
@@ -260,24 +311,27 @@ function verifyStream(
         );
       }
     } else if (seq > previous.seq + 1) {
+      gap = true;
       findings.push(missing(stream, previous.seq + 1, seq - 1, event));
     } else if (!broken && !previous.broken && !previous.hashes.has(env.custodyprev)) {
+      mislinked = true;
       findings.push(finding("reordered", env, event, `custodyprev is not the hash of seq ${previous.seq}`));
-    } else linked = !broken && !previous.broken;
-    if (!linked) uncovered(`the chain is broken before seq ${seq}`, "warning");
-    else if (unsealedRun.length > 0 && unsealedRun[0]!.env.custodyepoch !== env.custodyepoch)
-      uncovered(`seq ${seq} after them is of epoch ${env.custodyepoch}`);
-    if (!broken) {
-      if (event.sealed) unsealedRun = [];
-      else unsealedRun.push(event);
     }
+    if (run.length > 0 && (!unproven || gap || mislinked || broken)) {
+      // A run cut off by a hash that does not chain may hold an event altered
+      // and re-hashed: an error. Behind a gap or an integrity error (already
+      // named) nothing says the run was altered, only that no seal reaches it.
+      if (mislinked) endRun(`seq ${seq} does not chain to them (one may have been altered)`, "error");
+      else if (gap || broken) endRun(`the chain breaks before seq ${seq}`, "warning");
+      else endRun(`seq ${seq} after them is of epoch ${env.custodyepoch}`, "error");
+    }
+    if (unproven) run.push(event);
     previous = { seq, hashes, broken };
-    if (!broken) maxEpoch = Math.max(maxEpoch, env.custodyepoch);
+    if (!broken && !unproven) maxEpoch = Math.max(maxEpoch, env.custodyepoch);
     accepted.push(event);
     hashesAt.set(seq, hashes);
   }
-
-  uncovered("no sealed event of their epoch follows them");
+  endRun("no sealed event of their epoch follows them", "error");
 
   // Rule 4, offsets: per partition, seqs must rise with offsets.
   const byPartition = new Map<number, Parsed[]>();
@@ -332,6 +386,9 @@ function verifyStream(
   }
 
   const sorted = sortFindings(findings);
+  const authenticSet = options.listAuthentic
+    ? new Set(accepted.filter(authentic).map((e) => `${e.partition}:${e.offset}`))
+    : undefined;
   return {
     stream,
     ok: sorted.every((f) => f.severity !== "error"),
@@ -340,6 +397,7 @@ function verifyStream(
     head: last === undefined ? null : { seq: last.env.custodyseq, hash: last.env.custodyhash },
     epoch: maxEpoch < 0 ? null : maxEpoch,
     findings: sorted,
+    ...(authenticSet ? { authentic: authenticSet } : {}),
   };
 }
 
@@ -505,7 +563,7 @@ function missing(stream: string, from: number, to: number, next: Parsed): Findin
   };
 }
 
-function unsealed(run: readonly Parsed[], why: string): Finding {
+function unsealedRun(run: readonly Parsed[], why: string): Finding {
   const first = run[0]!;
   const last = run[run.length - 1]!;
   const range =
@@ -513,6 +571,10 @@ function unsealed(run: readonly Parsed[], why: string): Finding {
       ? `seq ${first.env.custodyseq} is`
       : `seqs ${first.env.custodyseq}..${last.env.custodyseq} are`;
   return finding("unsealed", first.env, first, `${range} unsealed and no signature covers them: ${why}`);
+}
+
+function loneUnsealed(c: Parsed, where: string): Finding {
+  return finding("unsealed", c.env, c, `an unsealed record no signature covers at this seq, ${where}`);
 }
 
 interface PartialEnvelope {

@@ -118,9 +118,12 @@ export class BatchingProducer {
     this.#sending = true;
     try {
       while (!this.#stopped && this.backlog > 0) {
-        const batch = this.#nextBatch();
+        let batch: Pending[] = [];
         const started = performance.now();
         try {
+          // Sealing signs: a signer fault is a failed send (retried, callers
+          // wait), not an unhandled rejection.
+          batch = this.#nextBatch();
           if (!this.#connected) {
             await this.#producer.connect();
             this.#connected = true;

@@ -6,7 +6,7 @@ import { buildAudit, renderAudit, type SignatureVerifier } from "../../cli/audit
 import { parseArgs, UsageError } from "../../cli/flags.ts";
 import { AuditIndex } from "../../cli/index.ts";
 import { findingLine, renderVerify } from "../../cli/verify.ts";
-import { canonicalForms } from "../../core/provenance/chain.ts";
+import { canonicalForms, createStreamWriter } from "../../core/provenance/chain.ts";
 import { createEs256Signer, decodeBase64url, verifyEs256 } from "../../core/provenance/sign.ts";
 import { verifyStreams } from "../../core/provenance/verify.ts";
 import {
@@ -159,6 +159,49 @@ describe("the audit answer", () => {
     const forged = buildAudit(index, CHILD.uid, () => "bad-signature");
     expect(forged.integrity.problems).toContainEqual(
       expect.stringMatching(/^operator\/custody-0 seq 6 \(.*\): bad-signature \(of its seal, seq 8\)$/),
+    );
+  });
+
+  it("does not let a seal cover an unsealed record it does not chain to (a forged fork, another epoch)", async () => {
+    // The lifecycle sealed at seqs 4, 8 and 10; someone writes a record for
+    // the child at seq 9, chained to seq 8, beside the genuine seq 9.
+    const topic = new MemoryTopic();
+    const writer = newWriter();
+    const inputs = lifecycle();
+    for (const [i, input] of inputs.entries()) {
+      const appended = writer.append(input);
+      const partition = input.data.context?.taskUid === ROOT.uid ? 0 : topic.partitions.length - 1;
+      topic.append(partition, [3, 7, 9].includes(i) ? appended.sealed() : appended.unsealed());
+      if (i === 7) {
+        const forger = createStreamWriter({ stream: STREAM, epoch: 1, signer: SIGNER, head: writer.head });
+        const forged = forger.append({ ...inputs[6]!, id: "forged-issued" });
+        topic.append(topic.partitions.length - 1, forged.unsealed());
+      }
+    }
+    const index = await indexOf(topic);
+    const a = buildAudit(index, CHILD.uid, verifier(KEYS));
+    const forged = a.events.find((e) => e.id === "forged-issued")!;
+    expect(forged.signature).toBe("unsealed");
+    expect(a.integrity.ok).toBe(false);
+    expect(a.integrity.problems).toContainEqual(
+      expect.stringMatching(/seq 9 .*unsealed: seq 10 does not chain to seq 9$/),
+    );
+    // Under another epoch, a seal does not cover a predecessor's unsealed events.
+    const epochs = new MemoryTopic();
+    const first = newWriter(STREAM, 1);
+    const bytes: Uint8Array[] = inputs.slice(0, 5).map((input) => first.append(input).unsealed());
+    const second = createStreamWriter({ stream: STREAM, epoch: 2, signer: SIGNER, head: first.head });
+    for (const input of inputs.slice(5)) bytes.push(second.append(input).sealed());
+    for (const b of bytes) epochs.append(0, b);
+    const b = buildAudit(await indexOf(epochs), CHILD.uid, verifier(KEYS));
+    expect(b.events.filter((e) => e.seq! <= 5).map((e) => [e.seq, e.signature])).toEqual([
+      [4, "unsealed"],
+      [5, "unsealed"],
+    ]);
+    expect(b.integrity.problems).toContainEqual(
+      expect.stringMatching(
+        /seq 4 .*unsealed: seq 6 is of epoch 2, not 1: a seal covers only its own epoch$/,
+      ),
     );
   });
 

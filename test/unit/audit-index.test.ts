@@ -208,6 +208,17 @@ describe("the audit index", () => {
     ]);
   });
 
+  it("files a sealed and an unsealed copy of one event as a duplicate, not a fork", async () => {
+    const topic = new MemoryTopic("custody.test", 1);
+    const writer = newWriter();
+    const appended = lifecycle().map((i) => writer.append(i));
+    for (const a of appended.slice(0, 3)) topic.append(0, a.sealed());
+    topic.append(0, appended[1]!.unsealed());
+    const index = newIndex();
+    const report = await index.update(topic);
+    expect(report.byStatus).toEqual({ linked: 3, duplicate: 1 });
+  });
+
   it("flags re-sends, forks and broken links per event", async () => {
     const topic = new MemoryTopic("custody.test", 1);
     const writer = newWriter();

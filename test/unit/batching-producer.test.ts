@@ -126,6 +126,31 @@ describe("BatchingProducer", () => {
     await producer.stop();
   });
 
+  it("treats a signer fault as a failed send: retried, the caller waits, no unhandled rejection", async () => {
+    const { kafka, sends, release } = fakeKafka();
+    const errors: unknown[] = [];
+    const producer = new BatchingProducer(kafka, {
+      topic: "t",
+      minBackoffMs: 1,
+      onSendError: (err) => void errors.push(err),
+    });
+    const a = sealable("a");
+    let faults = 1;
+    const flaky: SealableValue = {
+      unsealed: () => a.unsealed(),
+      sealed: () => {
+        if (faults-- > 0) throw new Error("signer unavailable");
+        return a.sealed();
+      },
+    };
+    const done = producer.send({ key: "k", value: flaky });
+    await release();
+    await done;
+    expect(errors.map(String)).toEqual(["Error: signer unavailable"]);
+    expect(sends.map((s) => s.values.map(text))).toEqual([["a:uuuuuuuuuu:sig"]]);
+    await producer.stop();
+  });
+
   it("bounds a send by bytes, and still sends a record larger than the bound on its own", async () => {
     const { kafka, sends, release } = fakeKafka();
     const producer = new BatchingProducer(kafka, { topic: "t", maxBatchBytes: 100, minBackoffMs: 1 });

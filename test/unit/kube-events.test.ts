@@ -78,6 +78,20 @@ describe("TaskEventRecorder", () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(250);
   });
 
+  it("writes nothing more once closed", async () => {
+    const { rest, posted } = fakeRest();
+    const recorder = new TaskEventRecorder(rest, log, "op-1", {
+      burst: 1,
+      ratePerSecond: 1000,
+      maxInflight: 1,
+    });
+    for (let i = 0; i < 3; i++)
+      recorder.emit({ namespace: "ns", name: `t${i}` }, "Normal", "Issued", "Issue", "ok");
+    recorder.close();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(posted.map((p) => p.body.regarding.name)).toEqual(["t0"]);
+  });
+
   it("sheds and counts Events past its queue bound", async () => {
     const { rest, posted } = fakeRest();
     const recorder = new TaskEventRecorder(rest, log, "op-1", {

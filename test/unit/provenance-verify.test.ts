@@ -386,10 +386,16 @@ describe("verifyStreams: batches sealed by their last event", () => {
         : r,
     );
     const findings = verify(records).streams[0]!.findings;
-    // The break is the error; the events it cuts off from their seal are a warning.
+    // The altered event is in the run the broken link cuts off from its seal: both are errors.
     expect(findings.map((f) => [f.kind, f.seq, f.severity])).toEqual([
-      ["unsealed", 6, "warning"],
+      ["unsealed", 6, "error"],
       ["reordered", 8, "error"],
+    ]);
+    // Behind a removed event (named missing), the run is only a warning.
+    const removed = verify(BATCHED.filter((_, i) => i !== 7)).streams[0]!.findings;
+    expect(removed.map((f) => [f.kind, f.seq, f.severity])).toEqual([
+      ["unsealed", 6, "warning"],
+      ["missing", 8, "error"],
     ]);
   });
 
@@ -411,6 +417,39 @@ describe("verifyStreams: batches sealed by their last event", () => {
     expect(brief(report.streams[0]!.findings)).toEqual([
       { kind: "duplicate", seq: 2, id: idOf(records[1]!), offset: "3" },
     ]);
+  });
+
+  it("an unsealed record written by someone else fails, whatever epoch or seq it claims", () => {
+    // A genuine epoch-2 stream, sealed at 2 and 4.
+    const { records, head } = writeStream(4, { epoch: 2, sealEvery: 2 });
+    const forger = createStreamWriter({ stream: STREAM, epoch: 1, signer: SIGNER, head });
+    // Past the head, under a lower epoch: not a deposed writer's (that would be signed).
+    const past = { partition: 0, offset: "4", value: forger.append(sampleInput(9)).unsealed() };
+    const after = verify([...records, past]);
+    expect(after.ok).toBe(false);
+    expect(brief(after.streams[0]!.findings)).toEqual([
+      { kind: "unsealed", seq: 5, id: idOf(past), offset: "4" },
+    ]);
+    // At an existing seq, chaining like the genuine event: it does not displace it, and is named.
+    const twin = createStreamWriter({
+      stream: STREAM,
+      epoch: 2,
+      signer: SIGNER,
+      head: { seq: 2, hash: eventOf(records[1]!).custodyhash as string },
+    });
+    const forged = { partition: 0, offset: "4", value: twin.append(sampleInput(7)).unsealed() };
+    const beside = verify([forged, ...records.map((r, i) => ({ ...r, offset: String(5 + i) }))]);
+    expect(beside.ok).toBe(false);
+    expect(beside.streams[0]!.findings.map((f) => [f.kind, f.seq, f.offset])).toEqual([["unsealed", 3, "4"]]);
+    expect(beside.streams[0]!.head).toEqual(head);
+  });
+
+  it("lists as authentic only what a verified signature covers", () => {
+    const { records } = writeStream(6, { sealEvery: 3 });
+    const tail = records.map((r, i) => (i === 5 ? unseal(r) : r));
+    const report = verifyStreams(tail, { keys: KEYS, listAuthentic: true });
+    expect([...report.streams[0]!.authentic!].sort()).toEqual(["0:0", "0:1", "0:2"]);
+    expect(verifyStreams(records, { keys: KEYS }).streams[0]!.authentic).toBeUndefined();
   });
 
   it("verifies for any batching, and fails once the last seal is removed", () => {
