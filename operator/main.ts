@@ -841,9 +841,17 @@ async function main(): Promise<void> {
     const authentic = new Set<string>();
     for (const st of report.streams)
       if (!untrusted.has(st.stream)) for (const at of st.authentic ?? []) authentic.add(at);
-    const events = theirs.flatMap(({ r, e }) =>
-      e && authentic.has(`${r.partition}:${r.offset}`) ? [e] : [],
-    );
+    // In stream order: a replayed copy in a lower partition may be the one
+    // verify kept, and findAbandoned reads each task's events in order.
+    const events = theirs
+      .flatMap(({ r, e }) => (e && authentic.has(`${r.partition}:${r.offset}`) ? [e] : []))
+      .sort((a, b) =>
+        a.custodystream === b.custodystream
+          ? (a.custodyseq ?? 0) - (b.custodyseq ?? 0)
+          : (a.custodystream ?? "") < (b.custodystream ?? "")
+            ? -1
+            : 1,
+      );
     // The serials the task holds now: its status and its Secret (none when it is gone or re-created).
     const abandoned = findAbandoned(events, ({ taskUid, namespace, name }) => {
       const c = tasks.get(`${namespace}/${name}`);
@@ -993,7 +1001,10 @@ const AUTHENTICITY_FINDINGS: ReadonlySet<string> = new Set([
   "fork",
 ]);
 
-type TailEvent = Parameters<typeof findAbandoned>[0][number] & { custodystream?: string };
+type TailEvent = Parameters<typeof findAbandoned>[0][number] & {
+  custodystream?: string;
+  custodyseq?: number;
+};
 
 /** A tail record's event, or undefined when it is not JSON (verifyStreams reports those). */
 function parseTailEvent(value: Buffer): TailEvent | undefined {

@@ -269,8 +269,14 @@ function verifyStream(
         findings.push(finding("fork", c.env, c, `differs from ${describe(first)} at the same seq`));
       }
     }
-    for (const c of unproven)
-      findings.push(loneUnsealed(c, `not the event the stream holds there, ${describe(first)}`));
+    for (const c of unproven) {
+      // An unsealed copy of the event itself (its seal stripped and re-sent) changes nothing.
+      if (c.env.custodyhash === first.env.custodyhash)
+        findings.push(
+          finding("duplicate", c.env, c, `the event of ${describe(first)}, differing only in its signature`),
+        );
+      else findings.push(loneUnsealed(c, `not the event the stream holds there, ${describe(first)}`));
+    }
     occupants.set(seq, { event: first, hashes: new Set(winners.map((w) => w.env.custodyhash)) });
   }
 

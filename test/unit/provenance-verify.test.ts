@@ -417,6 +417,12 @@ describe("verifyStreams: batches sealed by their last event", () => {
     expect(brief(report.streams[0]!.findings)).toEqual([
       { kind: "duplicate", seq: 2, id: idOf(records[1]!), offset: "3" },
     ]);
+    // Also the head's seal stripped in a copy, though no later seal reaches that copy.
+    const head = verify([...records, { ...unseal(records[2]!), offset: "3" }]);
+    expect(head.ok).toBe(true);
+    expect(brief(head.streams[0]!.findings)).toEqual([
+      { kind: "duplicate", seq: 3, id: idOf(records[2]!), offset: "3" },
+    ]);
   });
 
   it("an unsealed record written by someone else fails, whatever epoch or seq it claims", () => {
