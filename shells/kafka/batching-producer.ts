@@ -152,6 +152,9 @@ export class BatchingProducer {
           continue;
         }
         this.#failures = 0;
+        // Acknowledged slots let go of their records (events, bytes) at once,
+        // not when the queue is next compacted.
+        for (let i = this.#head; i < this.#head + batch.length; i++) this.#queue[i] = ACKNOWLEDGED;
         this.#head += batch.length;
         if (this.#head > 4096 && this.#head * 2 > this.#queue.length) {
           this.#queue = this.#queue.slice(this.#head);
@@ -203,6 +206,12 @@ export class BatchingProducer {
     this.#connected = false;
   }
 }
+
+const ACKNOWLEDGED: Pending = {
+  record: { key: "", value: Buffer.alloc(0) },
+  resolve: () => undefined,
+  reject: () => undefined,
+};
 
 function sizeOf(p: Pending): number {
   const value = p.bytes ?? p.record.value;
