@@ -392,9 +392,8 @@ async function main(): Promise<void> {
     const now = Date.now();
     const entries = new Map<string, string>();
     for (const line of (bundleMaps.get(`${ns}/${TRUST_BUNDLE_CONFIGMAP}`)?.revoked ?? "").split("\n")) {
-      const [serial, , notAfter] = line.trim().split(" ");
-      if (serial && /^[0-9a-f]+$/.test(serial) && Date.parse(notAfter ?? "") > now)
-        entries.set(serial, line.trim());
+      const live = liveRevokedLine(line, now);
+      if (live) entries.set(...live);
     }
     let pruned = false;
     for (const [serial, line] of goneRevoked.get(ns) ?? []) {
@@ -811,9 +810,8 @@ async function main(): Promise<void> {
     for (const [ns, lines] of stored) {
       const m = goneRevoked.get(ns) ?? new Map<string, string>();
       for (const line of lines) {
-        const [serial, , notAfter] = line.trim().split(" ");
-        if (serial && /^[0-9a-f]+$/.test(serial) && Date.parse(notAfter ?? "") > Date.now())
-          m.set(serial, line.trim());
+        const live = liveRevokedLine(line, Date.now());
+        if (live) m.set(...live);
       }
       if (m.size > 0) goneRevoked.set(ns, m);
     }
@@ -1128,6 +1126,14 @@ function compactTask(t: AgentTask | CompactTask): CompactTask {
     state: `${t.status?.phase ?? ""}|${m.generation ?? 0}|${t.status?.observedGeneration ?? ""}|${t.spec?.revoked === true}|${m.deletionTimestamp ?? ""}|${(t.status?.grantedScope ?? []).join(" ")}|${t.status?.grantedTtl ?? ""}`,
     json: JSON.stringify(slim),
   };
+}
+
+/** A `serial spiffeId notAfter` line of a revoked list, keyed by serial, while it has not expired. */
+function liveRevokedLine(line: string, now: number): [serial: string, line: string] | undefined {
+  const [serial, , notAfter] = line.trim().split(" ");
+  return serial && /^[0-9a-f]+$/.test(serial) && Date.parse(notAfter ?? "") > now
+    ? [serial, line.trim()]
+    : undefined;
 }
 
 function deadlineOf(c: CompactTask): number {
