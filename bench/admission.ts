@@ -223,7 +223,11 @@ async function main(): Promise<void> {
       throw new Error("an opted-in pod was not injected: the measurement is not of the webhook");
   } finally {
     await operator.stop();
-    await removeInstallation(admin, { configName: admission.configName, namespaces: [ns, opNs] });
+    await removeInstallation(admin, {
+      configName: admission.configName,
+      namespaces: [ns, opNs],
+      waitGoneMs: 300_000,
+    });
     admin.close();
     alice.close();
   }

@@ -176,7 +176,7 @@ async function main() {
 
   console.log("\n== revocation cascade and failover (local kube-apiserver + Kafka) ==");
   console.log(
-    `revoke a root with ${all.length} issued descendants (2 levels): all Revoked in ${cascadeS.toFixed(2)} s (floor 5 s ${cascadeS <= 5 ? "ok" : "NOT MET"}); credential Secrets left: ${secretsLeft}`,
+    `revoke a root with ${all.length} issued descendants (2 levels): all Revoked in ${cascadeS.toFixed(2)} s (${all.length >= 1000 ? `floor 5 s ${cascadeS <= 5 ? "ok" : "NOT MET"}` : "the 5 s floor is for 1,000"}); credential Secrets left: ${secretsLeft}`,
   );
   console.log(
     `  25/50/75/100 % Revoked after ${quartiles.map((q) => q.toFixed(2)).join(" / ")} s; CPU during the cascade: ${cpu}`,
@@ -186,7 +186,11 @@ async function main() {
   );
   await b.stop();
   await informer.stop();
-  await removeInstallation(rest, { configName: admission.configName, namespaces: [ns, opNs] });
+  await removeInstallation(rest, {
+    configName: admission.configName,
+    namespaces: [ns, opNs],
+    waitGoneMs: 300_000,
+  });
   rest.close();
   process.exit(0);
 }

@@ -120,7 +120,12 @@ async function main(): Promise<void> {
     configName: `custody-${run}`,
     namespaceSelector: { matchLabels: { "custody.dev/testbed": run } },
   };
-  cleanup = () => removeInstallation(rest, { configName: admission.configName, namespaces: [ns, opNs] });
+  cleanup = () =>
+    removeInstallation(rest, {
+      configName: admission.configName,
+      namespaces: [ns, opNs],
+      waitGoneMs: 300_000,
+    });
 
   // Observed through the project's own resilient informer (list + watch,
   // re-list on 410, watchdog), not a bare watch that may stop silently.

@@ -3,7 +3,7 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import type { KubeRest } from "../../shells/kube/rest.ts";
+import { isNotFound, type KubeRest } from "../../shells/kube/rest.ts";
 import type { LocalEnv } from "../env/local-env.ts";
 import { eventually } from "./eventually.ts";
 import { retryWhileUnavailable } from "./unavailable.ts";
@@ -180,7 +180,16 @@ export async function waitForAdmission(rest: KubeRest, namespace: string, timeou
  */
 export async function removeInstallation(
   rest: KubeRest,
-  opts: { configName: string; namespaces: readonly string[] },
+  opts: {
+    configName: string;
+    namespaces: readonly string[];
+    /**
+     * Wait until the namespaces are gone: deleting thousands of objects keeps
+     * the API server busy for a minute, and a bench that starts meanwhile
+     * measures that instead of itself.
+     */
+    waitGoneMs?: number;
+  },
 ): Promise<void> {
   await rest
     .delete(`/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${opts.configName}`)
@@ -206,5 +215,17 @@ export async function removeInstallation(
       }),
     );
     await rest.delete(`/api/v1/namespaces/${ns}`).catch(() => undefined);
+  }
+  if (!opts.waitGoneMs) return;
+  const deadline = Date.now() + opts.waitGoneMs;
+  for (const ns of opts.namespaces) {
+    while (Date.now() < deadline) {
+      const gone = await rest.get(`/api/v1/namespaces/${ns}`).then(
+        () => false,
+        (err: unknown) => isNotFound(err),
+      );
+      if (gone) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
   }
 }
