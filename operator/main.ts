@@ -395,12 +395,10 @@ async function main(): Promise<void> {
       const live = liveRevokedLine(line, now);
       if (live) entries.set(...live);
     }
-    let pruned = false;
     for (const [serial, line] of goneRevoked.get(ns) ?? []) {
       if (Date.parse(line.split(" ")[2] ?? "") > now) entries.set(serial, line);
-      else pruned = goneRevoked.get(ns)!.delete(serial);
+      else goneRevoked.get(ns)?.delete(serial);
     }
-    if (pruned) scheduleStoreGone(ns);
     for (const c of tasks.list(ns)) {
       if (!c.state.startsWith("Revoked|")) continue;
       for (const [serial, line] of revokedLines(JSON.parse(c.json) as AgentTask, now))
@@ -408,25 +406,6 @@ async function main(): Promise<void> {
     }
     bundles.setRevoked(ns, [...entries.values()]);
     if (leading) void ensureBundle(ns);
-  };
-  // The leader keeps the revocations of deleted tasks in the operator's own
-  // namespace too (custody-provenance), where tenants cannot edit them; one
-  // write per namespace per burst.
-  const pendingStore = new Map<string, NodeJS.Timeout>();
-  const scheduleStoreGone = (ns: string) => {
-    if (!leading || pendingStore.has(ns)) return;
-    pendingStore.set(
-      ns,
-      setTimeout(() => {
-        pendingStore.delete(ns);
-        if (!leading) return;
-        anchor
-          .storeRevokedOfDeletedTasks(ns, [...(goneRevoked.get(ns)?.values() ?? [])])
-          .catch((err: unknown) =>
-            log.warn("revocations of deleted tasks not stored", { namespace: ns, error: errorText(err) }),
-          );
-      }, 200),
-    );
   };
   // A cascade revokes a thousand tasks in a second: one list rebuild per
   // namespace per burst, not one per task (which was quadratic).
@@ -730,7 +709,6 @@ async function main(): Promise<void> {
         for (const [serial, line] of lines) m.set(serial, line);
         goneRevoked.set(ns, m);
         schedulePublishRevoked(ns);
-        scheduleStoreGone(ns);
       }
     }
   });
@@ -804,23 +782,11 @@ async function main(): Promise<void> {
     const myStream = `operator/${identity}`;
     await anchor.start(myStream, writer.resumeOffsets?.() ?? {});
     await settleAbandoned(writer, myStream);
-    // Revocations of tasks deleted under earlier leaders, from where tenants
-    // cannot edit them: a bundle stripped meanwhile lists them again.
-    const stored = await anchor.revokedOfDeletedTasks();
-    for (const [ns, lines] of stored) {
-      const m = goneRevoked.get(ns) ?? new Map<string, string>();
-      for (const line of lines) {
-        const live = liveRevokedLine(line, Date.now());
-        if (live) m.set(...live);
-      }
-      if (m.size > 0) goneRevoked.set(ns, m);
-    }
     leading = true;
     metrics.leader(true);
     // Bundles may be stale (a new CA, anchor or revocation since the last
     // leader) or missing (deleted meanwhile): settle every namespace now.
-    for (const ns of new Set([...tasks.list().map((c) => c.metadata.namespace), ...stored.keys()]))
-      publishRevoked(ns);
+    for (const ns of new Set(tasks.list().map((c) => c.metadata.namespace))) publishRevoked(ns);
     // Pods that appeared while no leader recorded them.
     for (const p of pods.list()) recordInjection(p);
     // Overdue tasks first: a deadline that passed while no leader ran is

@@ -17,14 +17,6 @@ import { COMPONENT_LABEL, configMapPath, MANAGED_BY, MANAGED_BY_LABEL } from "./
 export const OFFSETS_PREFIX = "offsets.";
 /** Per stream: its tail was settled by a successor (abandoned issuances recorded). */
 export const SETTLED_PREFIX = "settled.";
-/**
- * Per namespace: revoked certificates of tasks deleted while their
- * certificates were still valid, one `serial spiffeId notAfter` per line.
- * Kept here, where tenants cannot write, as well as in each namespace's
- * trust bundle (which a tenant who may edit ConfigMaps could strip while
- * no operator runs): a new leader restores the bundle from it.
- */
-export const REVOKED_PREFIX = "revoked.";
 
 export interface StreamOffsets {
   stream: string;
@@ -113,26 +105,6 @@ export class ProvenanceAnchor {
       data[`${OFFSETS_PREFIX}${safe(s)}`] = null;
     }
     await this.#write(data);
-  }
-
-  /** Revocations of deleted tasks by namespace, as stored (expired lines are the caller's to drop). */
-  async revokedOfDeletedTasks(): Promise<Map<string, string[]>> {
-    const out = new Map<string, string[]>();
-    for (const [key, text] of Object.entries((await this.#get())?.data ?? {})) {
-      if (!key.startsWith(REVOKED_PREFIX)) continue;
-      out.set(
-        key.slice(REVOKED_PREFIX.length),
-        text.split("\n").filter((l) => l.trim() !== ""),
-      );
-    }
-    return out;
-  }
-
-  /** Replaces a namespace's revocations of deleted tasks (none: the key goes). */
-  async storeRevokedOfDeletedTasks(namespace: string, lines: readonly string[]): Promise<void> {
-    await this.#write({
-      [`${REVOKED_PREFIX}${namespace}`]: lines.length === 0 ? null : `${[...lines].sort().join("\n")}\n`,
-    });
   }
 
   /** Signs and stores a checkpoint of the head when it moved since the last one. */
