@@ -130,7 +130,7 @@ export class TaskEventRecorder {
         resourceVersion: target.resourceVersion,
       },
     };
-    this.#queue.push({ body, at: Date.now() });
+    this.#queue.push({ body, at: performance.now() });
     this.#pump();
   }
 
@@ -152,7 +152,7 @@ export class TaskEventRecorder {
 
   #pump(): void {
     while (!this.#closed && this.queued > 0 && this.#inflight < this.#maxInflight) {
-      const held = Date.now() - this.#queue[this.#head]!.at;
+      const held = performance.now() - this.#queue[this.#head]!.at;
       if (held < this.#maxHoldMs && this.#busy()) {
         this.#later(Math.min(200, this.#maxHoldMs - held));
         return;

@@ -207,11 +207,11 @@ export class BatchingProducer {
   }
 }
 
-const ACKNOWLEDGED: Pending = {
+const ACKNOWLEDGED: Pending = Object.freeze({
   record: { key: "", value: Buffer.alloc(0) },
   resolve: () => undefined,
   reject: () => undefined,
-};
+});
 
 function sizeOf(p: Pending): number {
   const value = p.bytes ?? p.record.value;

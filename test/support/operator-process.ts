@@ -219,12 +219,16 @@ export async function removeInstallation(
   if (!opts.waitGoneMs) return;
   const deadline = Date.now() + opts.waitGoneMs;
   for (const ns of opts.namespaces) {
-    while (Date.now() < deadline) {
+    for (;;) {
       const gone = await rest.get(`/api/v1/namespaces/${ns}`).then(
         () => false,
         (err: unknown) => isNotFound(err),
       );
       if (gone) break;
+      if (Date.now() >= deadline) {
+        process.stderr.write(`warning: namespace ${ns} still not gone after ${opts.waitGoneMs} ms\n`);
+        break;
+      }
       await new Promise((r) => setTimeout(r, 500));
     }
   }
