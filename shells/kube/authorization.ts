@@ -52,14 +52,25 @@ export async function subjectAccessReview(
  */
 export function createCachedAccessReview(rest: KubeRest, ttlMs = 5_000, capacity = 10_000) {
   const decisions = new Map<string, { allowed: boolean; until: number }>();
+  // One review in flight per question: a burst of 200 pods a second would
+  // otherwise send a review for every pod admitted before the first answer
+  // (and again each time the answer expires), just when the API server is busiest.
+  const inflight = new Map<string, Promise<boolean>>();
   return async (user: ReviewedUser, attributes: ResourceAttributes): Promise<boolean> => {
     const key = JSON.stringify([user.username, user.uid, user.groups, user.extra, attributes]);
     const hit = decisions.get(key);
     const now = Date.now();
     if (hit && hit.until > now) return hit.allowed;
-    const { allowed } = await subjectAccessReview(rest, user, attributes);
-    if (decisions.size >= capacity) decisions.delete(decisions.keys().next().value as string);
-    decisions.set(key, { allowed, until: now + ttlMs });
-    return allowed;
+    const pending = inflight.get(key);
+    if (pending) return pending;
+    const asked = subjectAccessReview(rest, user, attributes)
+      .then(({ allowed }) => {
+        if (decisions.size >= capacity) decisions.delete(decisions.keys().next().value as string);
+        decisions.set(key, { allowed, until: Date.now() + ttlMs });
+        return allowed;
+      })
+      .finally(() => inflight.delete(key));
+    inflight.set(key, asked);
+    return asked;
   };
 }
