@@ -5,34 +5,38 @@
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import type { AgentPolicy, PolicyRule } from "../../core/api/policy.ts";
-import { type AgentTask, API_VERSION, type ChainLink, KIND } from "../../core/api/v1alpha1.ts";
+import { type AgentTask, API_VERSION } from "../../core/api/v1alpha1.ts";
 import type { JwtKey } from "../../core/jwt/keys.ts";
-import { custodyClaim, signJwtSvid } from "../../core/jwt/svid.ts";
+import { signJwtSvid } from "../../core/jwt/svid.ts";
 import { combinedVersion } from "../../core/policy/decide.ts";
 import { loadCa } from "../../core/x509/ca.ts";
 import type { MintedSvid } from "../../core/x509/mint.ts";
 import { type AuthzenDeps, createAuthzenHandler } from "../../operator/authzen.ts";
 import { generateJwtKey } from "../../operator/jwt-keys.ts";
 import { PolicyStore } from "../../operator/policies.ts";
-import type { ProvenanceRecorder } from "../../operator/provenance.ts";
 import type { IdentityRequest } from "../../shells/https/identity-server.ts";
 import type { AuthenticatedUser } from "../../shells/kube/authentication.ts";
 import { createLogger } from "../../shells/log.ts";
-import { HOUR, mintSample, NOW as NOW_DATE, opensslChain, rootCa, SPIFFE_ID } from "./x509/fixtures.ts";
-
-// The X.509-SVID of the fixtures is valid NOW .. NOW + 1 h; the handler's clock is a minute in.
-const NOW = NOW_DATE.getTime();
-const T = NOW + 60_000;
-const ISSUER = "https://custody.example";
-const SUB = SPIFFE_ID; // spiffe://custody.local/ns/team-a/agent/reviewer/task/review-42
-const PARENT = "spiffe://custody.local/ns/team-a/agent/planner/task/plan-1";
-const AUDIENCE = "https://api.example";
-const SCOPE = ["read:repos/acme/*", "write:repos/acme/docs"];
-const CHAIN: ChainLink[] = [
-  { kind: "User", name: "alice@example.com", uid: "u-1", scope: SCOPE },
-  { kind: "AgentTask", name: "plan-1", uid: "uid-plan", scope: SCOPE },
-  { kind: "AgentTask", name: "review-42", uid: "uid-review", scope: SCOPE },
-];
+import {
+  AUDIENCE,
+  CHAIN,
+  ca,
+  custody,
+  deferred,
+  fakeRecorder,
+  foreign,
+  HOUR,
+  ISSUER,
+  key,
+  minted,
+  NOW,
+  PARENT,
+  peerOf,
+  SUB,
+  T,
+  task,
+} from "./endpoint-fixtures.ts";
+import { mintSample, opensslChain } from "./x509/fixtures.ts";
 
 const EVALUATION = "/access/v1/evaluation";
 const EVALUATIONS = "/access/v1/evaluations";
@@ -48,82 +52,7 @@ const USERS: Record<string, AuthenticatedUser> = {
   [STRANGER_TOKEN]: { username: STRANGER, groups: ["system:serviceaccounts"] },
 };
 
-const ca = rootCa();
-const { minted } = mintSample(ca);
-const foreign = mintSample(rootCa()).minted;
-const key = generateJwtKey("ES256", NOW - HOUR, NOW - HOUR);
 const unpublishedKey = generateJwtKey("ES256", NOW - HOUR, NOW - HOUR);
-const custody = custodyClaim({
-  taskUid: "uid-review",
-  policyVersion: "policy-7",
-  chain: CHAIN,
-  spiffeIdOf: (n) => ({ "plan-1": PARENT, "review-42": SUB })[n],
-});
-
-function task(
-  over: {
-    metadata?: Partial<AgentTask["metadata"]>;
-    spec?: Partial<AgentTask["spec"]>;
-    status?: Partial<NonNullable<AgentTask["status"]>>;
-  } = {},
-): AgentTask {
-  return {
-    apiVersion: API_VERSION,
-    kind: KIND,
-    metadata: { name: "review-42", namespace: "team-a", uid: "uid-review", ...over.metadata },
-    spec: {
-      agent: { name: "reviewer" },
-      scope: SCOPE,
-      audiences: [AUDIENCE],
-      ttl: "1h",
-      serviceAccountName: "reviewer",
-      ...over.spec,
-    },
-    status: {
-      phase: "Issued",
-      spiffeID: SUB,
-      delegationChain: CHAIN,
-      certificate: {
-        serial: minted.serialHex,
-        notBefore: new Date(NOW).toISOString(),
-        notAfter: new Date(NOW + HOUR).toISOString(),
-        renewalTime: new Date(NOW + HOUR / 2).toISOString(),
-        publicKeySHA256: minted.publicKeySHA256,
-        secretName: "review-42-credentials",
-      },
-      ...over.status,
-    },
-  } as AgentTask;
-}
-
-interface Call {
-  type: string;
-  subject: string;
-  data: Record<string, unknown>;
-  rootUid: string;
-  id: string | undefined;
-}
-
-/** A recorder whose acknowledgements the test controls. */
-function fakeRecorder(ack: (call: Call) => Promise<void> = () => Promise.resolve()) {
-  const calls: Call[] = [];
-  const recorder = {
-    record: ((type: string, subject: string, data: Record<string, unknown>, rootUid: string, id?: string) => {
-      const call = { type, subject, data, rootUid, id };
-      calls.push(call);
-      return ack(call);
-    }) as unknown as ProvenanceRecorder["record"],
-  };
-  return { calls, open: () => Promise.resolve(recorder) };
-}
-
-function deferred() {
-  let resolve!: () => void;
-  const promise = new Promise<void>((res) => {
-    resolve = res;
-  });
-  return { promise, resolve };
-}
 
 type SetupOptions = Partial<AuthzenDeps> & { task?: AgentTask | undefined; rootTask?: AgentTask };
 
@@ -165,8 +94,6 @@ function setup(over: SetupOptions = {}) {
   const handler = createAuthzenHandler(deps);
   return { handler, calls: rec.calls, logLines, reviewed, clock };
 }
-
-const peerOf = (m: MintedSvid) => ({ der: m.der, intermediates: [] });
 
 function post(path: string, body: unknown, over: Partial<IdentityRequest> = {}): IdentityRequest {
   return {

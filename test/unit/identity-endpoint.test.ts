@@ -1,107 +1,37 @@
 import { createHash } from "node:crypto";
 import { decodeJwt, jwtVerify } from "jose";
 import { describe, expect, it } from "vitest";
-import { type AgentTask, API_VERSION, type ChainLink, KIND } from "../../core/api/v1alpha1.ts";
+import type { AgentTask } from "../../core/api/v1alpha1.ts";
 import { JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT } from "../../core/jwt/exchange.ts";
 import type { JwtKey } from "../../core/jwt/keys.ts";
 import { custodyClaim, signJwtSvid } from "../../core/jwt/svid.ts";
-import type { CertificateAuthority } from "../../core/x509/ca.ts";
-import type { MintedSvid } from "../../core/x509/mint.ts";
 import { createIdentityHandler, type IdentityEndpointDeps } from "../../operator/identity-endpoint.ts";
 import { generateJwtKey } from "../../operator/jwt-keys.ts";
-import type { ProvenanceRecorder } from "../../operator/provenance.ts";
 import type { IdentityRequest, IdentityResponse } from "../../shells/https/identity-server.ts";
 import { createLogger } from "../../shells/log.ts";
-import { HOUR, mintSample, NOW as NOW_DATE, rootCa, SPIFFE_ID } from "./x509/fixtures.ts";
+import {
+  AUDIENCE,
+  type Call,
+  CHAIN,
+  ca,
+  custody,
+  deferred,
+  fakeRecorder,
+  foreign,
+  HOUR,
+  ISSUER,
+  key,
+  minted,
+  NOW,
+  PARENT,
+  peerOf,
+  SCOPE,
+  SUB,
+  T,
+  task,
+} from "./endpoint-fixtures.ts";
 
-// The X.509-SVID of test/unit/x509/fixtures.ts (valid NOW .. NOW + 1 h) is the
-// client certificate; the handler's clock is a minute in.
-const NOW = NOW_DATE.getTime();
-const T = NOW + 60_000;
-const ISSUER = "https://custody.example";
-const SUB = SPIFFE_ID; // spiffe://custody.local/ns/team-a/agent/reviewer/task/review-42
-const PARENT = "spiffe://custody.local/ns/team-a/agent/planner/task/plan-1";
-const AUDIENCE = "https://api.example";
-const SCOPE = ["read:repos/acme/*", "write:repos/acme/docs"];
-const CHAIN: ChainLink[] = [
-  { kind: "User", name: "alice@example.com", uid: "u-1", scope: SCOPE },
-  { kind: "AgentTask", name: "plan-1", uid: "uid-plan", scope: SCOPE },
-  { kind: "AgentTask", name: "review-42", uid: "uid-review", scope: SCOPE },
-];
-
-const ca: CertificateAuthority = rootCa();
-const { minted } = mintSample(ca);
-const foreign = mintSample(rootCa()).minted;
-const key = generateJwtKey("ES256", NOW - HOUR, NOW - HOUR);
 const nextKey = generateJwtKey("ES256", NOW, NOW + HOUR);
-const custody = custodyClaim({
-  taskUid: "uid-review",
-  policyVersion: "policy-7",
-  chain: CHAIN,
-  spiffeIdOf: (n) => ({ "plan-1": PARENT, "review-42": SUB })[n],
-});
-
-function task(
-  over: { spec?: Partial<AgentTask["spec"]>; status?: Partial<NonNullable<AgentTask["status"]>> } = {},
-) {
-  return {
-    apiVersion: API_VERSION,
-    kind: KIND,
-    metadata: { name: "review-42", namespace: "team-a", uid: "uid-review" },
-    spec: {
-      agent: { name: "reviewer" },
-      scope: SCOPE,
-      audiences: [AUDIENCE],
-      ttl: "1h",
-      serviceAccountName: "reviewer",
-      ...over.spec,
-    },
-    status: {
-      phase: "Issued",
-      spiffeID: SUB,
-      delegationChain: CHAIN,
-      certificate: {
-        serial: minted.serialHex,
-        notBefore: new Date(NOW).toISOString(),
-        notAfter: new Date(NOW + HOUR).toISOString(),
-        renewalTime: new Date(NOW + HOUR / 2).toISOString(),
-        publicKeySHA256: minted.publicKeySHA256,
-        secretName: "review-42-credentials",
-      },
-      ...over.status,
-    },
-  } as AgentTask;
-}
-
-interface Call {
-  type: string;
-  subject: string;
-  data: Record<string, unknown>;
-  rootUid: string;
-}
-
-/** A recorder whose acknowledgements the test controls. */
-function fakeRecorder(ack: (call: Call) => Promise<void> = () => Promise.resolve()) {
-  const calls: Call[] = [];
-  const recorder = {
-    record: ((type: string, subject: string, data: Record<string, unknown>, rootUid: string) => {
-      const call = { type, subject, data, rootUid };
-      calls.push(call);
-      return ack(call);
-    }) as unknown as ProvenanceRecorder["record"],
-  };
-  return { calls, open: () => Promise.resolve(recorder) };
-}
-
-function deferred() {
-  let resolve!: () => void;
-  let reject!: (e: Error) => void;
-  const promise = new Promise<void>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
-}
 
 function setup(over: Partial<IdentityEndpointDeps> & { recorderCalls?: Call[] } = {}) {
   const rec = fakeRecorder();
@@ -133,8 +63,6 @@ function setup(over: Partial<IdentityEndpointDeps> & { recorderCalls?: Call[] } 
   const handler = createIdentityHandler(deps);
   return { handler, calls: rec.calls, logLines, clock, taskLookups };
 }
-
-const peerOf = (m: MintedSvid) => ({ der: m.der, intermediates: [] });
 
 function request(over: Partial<IdentityRequest> = {}): IdentityRequest {
   return {
