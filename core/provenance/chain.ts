@@ -133,7 +133,15 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
           if (!(signature instanceof Uint8Array) || signature.byteLength !== ES256_SIGNATURE_BYTES) {
             throw invalid("signer.sign", "es256-signature", "must return a 64-byte IEEE P1363 signature");
           }
-          sealedBytes = Buffer.from(`${signed},"custodysig":"${encodeBase64url(signature)}"${tail}`, "utf8");
+          // `signed` is ASCII (numbers, hex, base64url), so its length in
+          // characters is its length in bytes: splice the signature into the
+          // unsealed bytes rather than encode the whole record again.
+          const bytes = unsealed();
+          sealedBytes = Buffer.concat([
+            bytes.subarray(0, signed.length),
+            Buffer.from(`,"custodysig":"${encodeBase64url(signature)}"`, "latin1"),
+            bytes.subarray(signed.length),
+          ]);
         }
         return sealedBytes;
       };

@@ -231,7 +231,7 @@ function verifyStream(
   /** Intact and signed: by itself (sealed) or by a seal that chains to it. */
   const authentic = (c: Parsed) => c.broken === null && (c.sealed || covered.has(c));
   /** Intact but no signature reaches it: anyone who can write to the topic could have written it. */
-  const uncovered = (c: Parsed) => c.broken === null && !c.sealed && !covered.has(c);
+  const uncovered = (c: Parsed) => c.broken === null && !authentic(c);
 
   // Rule 3: pick each seq's occupant among the authentic records; an
   // uncovered one holds a seq only when nothing authentic does.
@@ -251,6 +251,8 @@ function verifyStream(
     const winners = trusted.filter((c) => c.env.custodyepoch === epoch);
     // A sealed copy speaks for the event; copies with its hash are the same event.
     const first = winners.find((c) => c.sealed) ?? winners[0]!;
+    const resent = (c: Parsed) =>
+      finding("duplicate", c.env, c, `the event of ${describe(first)}, differing only in its signature`);
     for (const c of trusted) {
       if (c.env.custodyepoch < epoch) {
         findings.push(
@@ -262,19 +264,14 @@ function verifyStream(
           ),
         );
       } else if (c !== first && c.env.custodyhash === first.env.custodyhash) {
-        findings.push(
-          finding("duplicate", c.env, c, `the event of ${describe(first)}, differing only in its signature`),
-        );
+        findings.push(resent(c));
       } else if (c !== first) {
         findings.push(finding("fork", c.env, c, `differs from ${describe(first)} at the same seq`));
       }
     }
     for (const c of unproven) {
       // An unsealed copy of the event itself (its seal stripped and re-sent) changes nothing.
-      if (c.env.custodyhash === first.env.custodyhash)
-        findings.push(
-          finding("duplicate", c.env, c, `the event of ${describe(first)}, differing only in its signature`),
-        );
+      if (c.env.custodyhash === first.env.custodyhash) findings.push(resent(c));
       else findings.push(loneUnsealed(c, `not the event the stream holds there, ${describe(first)}`));
     }
     occupants.set(seq, { event: first, hashes: new Set(winners.map((w) => w.env.custodyhash)) });
