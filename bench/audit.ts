@@ -33,12 +33,11 @@ import { Kafka, logLevel } from "kafkajs";
 import { createStreamWriter } from "../core/provenance/chain.ts";
 import type { EventInput } from "../core/provenance/events.ts";
 import { createEs256Signer } from "../core/provenance/sign.ts";
+import { CLOUDEVENTS_HEADERS } from "../operator/provenance.ts";
 import { BatchingProducer } from "../shells/kafka/batching-producer.ts";
 import type { LocalEnv } from "../test/env/local-env.ts";
 
 const EVENTS_PER_TASK = 10;
-/** As the operator sends them (structured content mode). */
-const HEADERS = { "content-type": "application/cloudevents+json" } as const;
 /** Events per chain: a root and its sub-agent, 10 each. */
 const PER_CHAIN = 2 * EVENTS_PER_TASK;
 const D = (c: string) => c.repeat(64);
@@ -176,7 +175,7 @@ async function writeChains(
         producer.send({
           key,
           value: appended,
-          headers: HEADERS,
+          headers: CLOUDEVENTS_HEADERS,
         }),
       );
       // Let sends and acknowledgements run between appends.

@@ -78,7 +78,7 @@ export function deterministicEventId(...parts: string[]): string {
 }
 
 /** Structured content mode: the record value is the whole event. */
-const CLOUDEVENTS_HEADERS = { "content-type": "application/cloudevents+json" } as const;
+export const CLOUDEVENTS_HEADERS = { "content-type": "application/cloudevents+json" } as const;
 
 export interface KafkaRecorderOptions {
   brokers: string[];

@@ -2,7 +2,8 @@
 // server's authenticators. The token must be bound to our audience (the
 // identity endpoint's issuer), so a token meant for the API server or for
 // another service cannot be replayed here. Answers are memoized briefly by
-// the token's digest (never the token itself), failures never.
+// the token's digest (never the token itself): a user for ttlMs, a refusal
+// for at most 5 s; an error (the API server unreachable) is not memoized.
 import { createHash } from "node:crypto";
 import type { KubeRest } from "./rest.ts";
 
