@@ -15,14 +15,18 @@ export function createAgentPolicyAdmission(): AdmissionHandler {
       | undefined;
     const kind = object?.kind === "ClusterAgentPolicy" ? "ClusterAgentPolicy" : "AgentPolicy";
     try {
-      compilePolicy({
-        kind,
-        metadata: {
-          name: object?.metadata?.name ?? request.name ?? "",
-          ...(request.namespace ? { namespace: request.namespace } : {}),
+      compilePolicy(
+        {
+          kind,
+          metadata: {
+            name: object?.metadata?.name ?? request.name ?? "",
+            ...(request.namespace ? { namespace: request.namespace } : {}),
+          },
+          spec: object?.spec as never,
         },
-        spec: object?.spec as never,
-      });
+        // Admission only checks: warming the expressions up is the operator's business.
+        { warm: false },
+      );
       return allow();
     } catch (err) {
       if (err instanceof ValidationError) return deny(422, err.message);
