@@ -22,7 +22,7 @@ import { describeJoseError } from "../core/jwt/exchange.ts";
 import type { JwtKey } from "../core/jwt/keys.ts";
 import { type ActionDecision, decideAction } from "../core/policy/action.ts";
 import { canonicalize } from "../core/provenance/canonical-json.ts";
-import type { DelegationContext } from "../core/provenance/events.ts";
+import { type DelegationContext, eventReasons } from "../core/provenance/events.ts";
 import { fromPem } from "../core/x509/pem.ts";
 import type { IdentityRequest, IdentityResponse } from "../shells/https/identity-server.ts";
 import type { AuthenticatedUser } from "../shells/kube/authentication.ts";
@@ -406,7 +406,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
                 context: recorded,
                 policyVersion: decision.version,
                 decision: allowed ? "allow" : "deny",
-                reasons: reasons.map((r) => r.slice(0, 1024)).slice(0, 64),
+                reasons: eventReasons(reasons),
                 action: e.action.name,
                 resource: { type: e.resource.type, id: e.resource.id },
                 caller: { kind: caller.kind, name: caller.name.slice(0, 512) },

@@ -32,7 +32,7 @@ import { ValidationError } from "../core/errors.ts";
 import { type Decision, decide, sameStatus, setCondition, validityWindow } from "../core/lifecycle.ts";
 import { combinedVersion, type PolicyDecision } from "../core/policy/decide.ts";
 import { sha256Hex } from "../core/provenance/chain.ts";
-import type { DelegationContext } from "../core/provenance/events.ts";
+import { type DelegationContext, eventReasons } from "../core/provenance/events.ts";
 import type { KeyRing } from "../core/provenance/sign.ts";
 import { buildTaskSpiffeId } from "../core/spiffe.ts";
 import {
@@ -365,21 +365,8 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       policy.version !== (task.status.policyVersion ?? "none")
     ) {
       const verdict = judgePolicyChange(task, policy);
-      if (verdict === "revoke") {
-        const serials = liveSerials(task, t);
-        await record("dev.custody.task.policy.revoked", task, {
-          policyVersion: policy.version,
-          serials,
-          reasons: policy.reasons.map((r) => r.slice(0, 1024)).slice(0, 64),
-        });
-        return cascadeRevoke(
-          task,
-          key,
-          "PolicyRevoked",
-          `revoked by policy: ${policy.reasons.join("; ")}`,
-          t,
-        );
-      }
+      if (verdict === "revoke")
+        return revokeByPolicy(task, key, policy, `revoked by policy: ${policy.reasons.join("; ")}`, t);
       if (verdict === "record") {
         await recordPolicyDecision(task, policy, "policy-change");
         await writeStatus(key, task, {
@@ -449,14 +436,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       await recordPolicyDecision(task, policy, decision.why === "RenewalDue" ? "renewal" : "issuance");
       const message = `denied by policy: ${policy.reasons.join("; ")}`.slice(0, 4096);
       const holds = task.status?.phase === "Issued" || deps.credentials.get(key) !== undefined;
-      if (holds) {
-        await record("dev.custody.task.policy.revoked", task, {
-          policyVersion: policy.version,
-          serials: liveSerials(task, t),
-          reasons: policy.reasons.map((r) => r.slice(0, 1024)).slice(0, 64),
-        });
-        return cascadeRevoke(task, key, "PolicyRevoked", message, t);
-      }
+      if (holds) return revokeByPolicy(task, key, policy, message, t);
       return denyTask(task, key, "PolicyDenied", message, t, "policy");
     }
     if (!(task.metadata as { finalizers?: string[] }).finalizers?.includes(FINALIZER)) {
@@ -809,6 +789,22 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     deps.metrics?.transition("denied", reason);
   }
 
+  /** Policy took the credential away: recorded as such (with the policy's reasons), then revoked. */
+  async function revokeByPolicy(
+    task: AgentTask,
+    key: string,
+    policy: PolicyDecision,
+    message: string,
+    t: number,
+  ): Promise<HandlerResult> {
+    await record("dev.custody.task.policy.revoked", task, {
+      policyVersion: policy.version,
+      serials: liveSerials(task, t),
+      reasons: eventReasons(policy.reasons),
+    });
+    return cascadeRevoke(task, key, "PolicyRevoked", message, t);
+  }
+
   /** An ancestor was revoked, expired, deleted or replaced: this task's credential goes too. */
   async function cascadeRevoke(
     task: AgentTask,
@@ -1013,7 +1009,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       {
         policyVersion: policy.version,
         decision: policy.allowed ? "allow" : "deny",
-        reasons: policy.reasons.map((r) => r.slice(0, 1024)).slice(0, 64),
+        reasons: eventReasons(policy.reasons),
         stage,
         policies: policy.policies.map((p) =>
           `${p.kind}/${p.namespace ?? ""}/${p.name}@${p.version}`.slice(0, 512),

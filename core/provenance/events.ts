@@ -23,6 +23,15 @@ export const GENESIS_HASH = "0".repeat(64);
 /** CloudEvents `Integer` is a signed 32-bit integer; seq and epoch stay within it. */
 export const MAX_INTEGER = 2 ** 31 - 1;
 
+/** Policy reasons in an event: at most 64, each at most 1,024 characters. */
+const MAX_REASONS = 64;
+const MAX_REASON_LENGTH = 1024;
+
+/** Reasons as an event may carry them (the policy gives them unbounded). */
+export function eventReasons(reasons: readonly string[]): string[] {
+  return reasons.slice(0, MAX_REASONS).map((r) => r.slice(0, MAX_REASON_LENGTH));
+}
+
 // ---------------------------------------------------------------- primitives
 
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -116,7 +125,7 @@ export const EVENT_DATA_SCHEMAS = {
     ...base,
     policyVersion: text(128),
     decision: z.enum(["allow", "deny"]),
-    reasons: z.array(text(1024)).max(64),
+    reasons: z.array(text(MAX_REASON_LENGTH)).max(MAX_REASONS),
     /** Where it ran: issuance (or renewal), or a re-evaluation after a policy changed. */
     stage: z.enum(["issuance", "renewal", "policy-change"]).optional(),
     /** The policies in force: kind/namespace/name@version. */
@@ -129,14 +138,14 @@ export const EVENT_DATA_SCHEMAS = {
     ...base,
     policyVersion: text(128),
     serials: z.array(serial).max(1024),
-    reasons: z.array(text(1024)).min(1).max(64),
+    reasons: z.array(text(MAX_REASON_LENGTH)).min(1).max(MAX_REASONS),
   }),
   /** A decision of the decision endpoint (AuthZEN Access Evaluation). */
   "dev.custody.task.action.decided": z.strictObject({
     ...base,
     policyVersion: text(128),
     decision: z.enum(["allow", "deny"]),
-    reasons: z.array(text(1024)).max(64),
+    reasons: z.array(text(MAX_REASON_LENGTH)).max(MAX_REASONS),
     action: text(256),
     resource: z.strictObject({ type: text(256), id: text(1024) }),
     /** Who asked: the agent itself (mTLS), or a resource server (its authenticated name). */
