@@ -27,6 +27,7 @@ import { fromPem } from "../core/x509/pem.ts";
 import type { IdentityRequest, IdentityResponse } from "../shells/https/identity-server.ts";
 import type { AuthenticatedUser } from "../shells/kube/authentication.ts";
 import type { Logger } from "../shells/log.ts";
+import { fullBucket, type TokenBucket, takeToken } from "../shells/token-bucket.ts";
 import { ancestorProblem, taskOfSpiffeId } from "./identity-endpoint.ts";
 import { issuanceFacts, type PolicyStore, rootDelegatorGroups, selectionFacts } from "./policies.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
@@ -163,7 +164,7 @@ interface Agent {
 export function createAuthzenHandler(deps: AuthzenDeps) {
   const now = deps.now ?? Date.now;
   const timeoutMs = deps.recordTimeoutMs ?? 5_000;
-  const buckets = new Map<string, { tokens: number; at: number }>();
+  const buckets = new Map<string, TokenBucket>();
   const verifySvidOf = createSvidVerifier(deps.trustAnchorsDer, deps.trustDomain);
   const metadata = JSON.stringify({
     policy_decision_point: deps.issuer,
@@ -543,14 +544,10 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
   function take(agent: string): boolean {
     const t = now();
     const rate = deps.reportsPerSecond;
-    const b = buckets.get(agent) ?? { tokens: rate * 10, at: t };
-    b.tokens = Math.min(rate * 10, b.tokens + ((t - b.at) / 1000) * rate);
-    b.at = t;
+    const b = buckets.get(agent) ?? fullBucket(rate * 10, t);
     buckets.set(agent, b);
     if (buckets.size > 100_000) buckets.delete(buckets.keys().next().value as string);
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
-    return true;
+    return takeToken(b, rate, rate * 10, t);
   }
 
   // ---------------------------------------------------------------- helpers

@@ -38,6 +38,7 @@ import {
   startIdentityServer,
 } from "../shells/https/identity-server.ts";
 import type { Logger } from "../shells/log.ts";
+import { fullBucket, takeToken } from "../shells/token-bucket.ts";
 import { WebhookServingCert } from "../webhook/serving-cert.ts";
 import { type ProvenanceRecorder, recordWithin } from "./provenance.ts";
 import { createSvidVerifier } from "./svid-verifier.ts";
@@ -83,7 +84,8 @@ export function createIdentityHandler(
   const local = (path: string) =>
     prefix && path.startsWith(`${prefix}/`) ? path.slice(prefix.length) : path;
   let dropped = 0;
-  const bucket = { tokens: deps.anonymousRefusalsPerSecond ?? 20, at: now() };
+  const refusalRate = deps.anonymousRefusalsPerSecond ?? 20;
+  const bucket = fullBucket(refusalRate, now());
 
   const json = (status: number, body: unknown, headers: Record<string, string>): IdentityResponse => ({
     status,
@@ -269,13 +271,7 @@ export function createIdentityHandler(
     if (!seen.client) {
       // Anyone can reach the endpoint: refusals of unauthenticated callers are
       // rate-limited, so they cannot flood the provenance stream.
-      const t = now();
-      bucket.tokens = Math.min(
-        deps.anonymousRefusalsPerSecond ?? 20,
-        bucket.tokens + ((t - bucket.at) / 1000) * (deps.anonymousRefusalsPerSecond ?? 20),
-      );
-      bucket.at = t;
-      if (bucket.tokens < 1) {
+      if (!takeToken(bucket, refusalRate, refusalRate, now())) {
         dropped++;
         // Counted, and said in the log now and then: a flood is visible even though it is not streamed.
         if (dropped % 100 === 1) {
@@ -283,7 +279,6 @@ export function createIdentityHandler(
         }
         return;
       }
-      bucket.tokens -= 1;
     }
     const context =
       seen.task && seen.subject && seen.task.metadata.uid === seen.subject.custody.taskUid

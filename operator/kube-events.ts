@@ -12,6 +12,7 @@ import { randomBytes } from "node:crypto";
 import { API_VERSION, KIND } from "../core/api/v1alpha1.ts";
 import type { KubeRest } from "../shells/kube/rest.ts";
 import type { Logger } from "../shells/log.ts";
+import { fullBucket, type TokenBucket, takeToken } from "../shells/token-bucket.ts";
 import { eventsPath } from "./resources.ts";
 
 export interface EventTarget {
@@ -44,8 +45,7 @@ export class TaskEventRecorder {
   readonly #maxInflight: number;
   readonly #ratePerSecond: number;
   readonly #burst: number;
-  #tokens: number;
-  #refilledAt = Date.now();
+  readonly #bucket: TokenBucket;
 
   constructor(
     rest: KubeRest,
@@ -78,19 +78,11 @@ export class TaskEventRecorder {
     this.#maxInflight = maxInflight;
     this.#ratePerSecond = ratePerSecond;
     this.#burst = burst;
-    this.#tokens = burst;
+    this.#bucket = fullBucket(burst, Date.now());
   }
 
   #take(): boolean {
-    const now = Date.now();
-    this.#tokens = Math.min(
-      this.#burst,
-      this.#tokens + ((now - this.#refilledAt) / 1000) * this.#ratePerSecond,
-    );
-    this.#refilledAt = now;
-    if (this.#tokens < 1) return false;
-    this.#tokens -= 1;
-    return true;
+    return takeToken(this.#bucket, this.#ratePerSecond, this.#burst, Date.now());
   }
 
   get dropped(): number {
