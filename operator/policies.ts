@@ -7,11 +7,10 @@ import type { RequesterRecord } from "../core/admission/record.ts";
 import type { AgentPolicy } from "../core/api/policy.ts";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
 import { parseTtl } from "../core/duration.ts";
-import type { ValidationError } from "../core/errors.ts";
 import {
   type CompiledPolicy,
+  compilePolicy,
   normalizeSelector,
-  PolicyCache,
   policyVersion,
 } from "../core/policy/compile.ts";
 import type { PolicyFacts, PolicyStage } from "../core/policy/context.ts";
@@ -24,7 +23,6 @@ import {
 } from "../core/policy/decide.ts";
 
 export class PolicyStore {
-  readonly #cache = new PolicyCache();
   /** kind/namespace/name → compiled (or a stand-in that denies, for one that does not compile). */
   readonly #inForce = new Map<string, CompiledPolicy>();
   readonly defaultDecision: DefaultDecision;
@@ -39,13 +37,16 @@ export class PolicyStore {
   upsert(policy: AgentPolicy): { before: CompiledPolicy | undefined; after: CompiledPolicy } {
     const key = keyOf(policy);
     const before = this.#inForce.get(key);
+    const version = policyVersion(policy);
+    // A resync delivers the same version again: it compiled (or was refused) once already.
+    if (before?.version === version) return { before, after: before };
     let after: CompiledPolicy;
     try {
-      const compiled = this.#cache.get(policy);
-      after = compiled instanceof Error ? refusing(policy, compiled) : compiled;
+      after = compilePolicy(policy, { version });
     } catch (err) {
-      // Any fault compiling it: still in force, denying what it selects (never silently absent).
-      after = refusing(policy, err instanceof Error ? err : new Error(String(err)));
+      // It does not compile, or any fault compiling it: still in force,
+      // denying what it selects (never silently absent).
+      after = refusing(policy, err instanceof Error ? err : new Error(String(err)), version);
     }
     this.#inForce.set(key, after);
     return { before, after };
@@ -55,7 +56,6 @@ export class PolicyStore {
     const key = keyOf(policy);
     const before = this.#inForce.get(key);
     this.#inForce.delete(key);
-    this.#cache.forget(policy);
     return before;
   }
 
@@ -84,13 +84,13 @@ function keyOf(p: Pick<AgentPolicy, "kind" | "metadata">): string {
  * registered, or by another version of Custody) still selects its tasks and
  * denies them, naming why: fail closed, never skipped.
  */
-function refusing(policy: AgentPolicy, err: ValidationError | Error): CompiledPolicy {
+function refusing(policy: AgentPolicy, err: Error, version: string): CompiledPolicy {
   const message = `the policy does not compile: ${err.message}`.slice(0, 512);
   return {
     kind: policy.kind,
     ...(policy.metadata.namespace ? { namespace: policy.metadata.namespace } : {}),
     name: policy.metadata.name,
-    version: policyVersion(policy),
+    version,
     selector: normalizeSelector(policy.spec?.selector as CompiledPolicy["selector"] | undefined),
     rules: [{ name: "does-not-compile", stages: new Set(["issuance", "action"]), deny: () => true, message }],
   };

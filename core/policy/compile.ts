@@ -84,8 +84,15 @@ export function normalizeSelector(selector: PolicySelector | undefined): PolicyS
 /** Compiles one policy; throws ValidationError naming the field (e.g. spec.rules[1].deny) and the position. */
 export function compilePolicy(
   policy: Pick<AgentPolicy, "kind" | "metadata" | "spec">,
-  /** Run each expression a few times on sample facts so the first real decision is not the JIT's (the operator does; admission, which only checks, need not). */
-  { warm = true }: { warm?: boolean } = {},
+  {
+    warm = true,
+    version = policyVersion(policy),
+  }: {
+    /** Run each expression a few times on sample facts so the first real decision is not the JIT's (the operator does; admission, which only checks, need not). */
+    warm?: boolean;
+    /** policyVersion(policy), when the caller has it already. */
+    version?: string;
+  } = {},
 ): CompiledPolicy {
   const spec: AgentPolicySpec = parseAgentPolicySpec(policy.spec);
   const names = new Set<string>();
@@ -130,7 +137,7 @@ export function compilePolicy(
     kind: policy.kind,
     ...(policy.metadata.namespace ? { namespace: policy.metadata.namespace } : {}),
     name: policy.metadata.name,
-    version: policyVersion(policy),
+    version,
     selector: normalizeSelector(spec.selector),
     rules,
   };
@@ -281,29 +288,4 @@ function celError(field: string, rule: string, what: string, source: string, err
     rule,
     `${field}: ${what} at ${line}:${column}: ${message} (rule ${rule})`,
   );
-}
-
-/** Compiled policies by uid (or name) and version: each version compiles once. */
-export class PolicyCache {
-  readonly #byKey = new Map<string, CompiledPolicy>();
-
-  /** The compiled policy, or the ValidationError that refused it. */
-  get(policy: AgentPolicy): CompiledPolicy | ValidationError {
-    const version = policyVersion(policy);
-    const key = `${policy.kind}/${policy.metadata.namespace ?? ""}/${policy.metadata.name}`;
-    const hit = this.#byKey.get(key);
-    if (hit && hit.version === version) return hit;
-    try {
-      const compiled = compilePolicy(policy);
-      this.#byKey.set(key, compiled);
-      return compiled;
-    } catch (err) {
-      if (err instanceof ValidationError) return err;
-      throw err;
-    }
-  }
-
-  forget(policy: Pick<AgentPolicy, "kind" | "metadata">): void {
-    this.#byKey.delete(`${policy.kind}/${policy.metadata.namespace ?? ""}/${policy.metadata.name}`);
-  }
 }

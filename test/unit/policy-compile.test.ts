@@ -14,11 +14,11 @@ import {
   compileExpression,
   compilePolicy,
   MAX_COMPREHENSION_NESTING,
-  PolicyCache,
   policyVersion,
 } from "../../core/policy/compile.ts";
 import { CEL_LIMITS, celContext, type PolicyFacts, type PolicyStage } from "../../core/policy/context.ts";
 import { formatGrant } from "../../core/scope.ts";
+import { PolicyStore } from "../../operator/policies.ts";
 
 function errorOf(fn: () => unknown): ValidationError {
   try {
@@ -478,66 +478,66 @@ describe("policyVersion", () => {
   });
 });
 
-describe("PolicyCache", () => {
+describe("PolicyStore: each version compiles once", () => {
   const spec = { rules: [{ name: "r", deny: "task.labels.env == 'prod'" }] };
+  const store = () => new PolicyStore({ defaultDecision: "allow" });
 
   it("returns the same compiled object for the same version", () => {
-    const cache = new PolicyCache();
-    const first = cache.get(policy(spec));
-    expect(first).not.toBeInstanceOf(ValidationError);
-    // A fresh but equal object (as a watch event would deliver) hits the cache.
-    const again = cache.get(structuredClone(policy(spec)));
+    const s = store();
+    const first = s.upsert(policy(spec)).after;
+    expect(first.rules[0]!.name).toBe("r");
+    // A fresh but equal object (as a watch event would deliver) keeps it.
+    const again = s.upsert(structuredClone(policy(spec))).after;
     expect(again).toBe(first);
-    // A fresh cache compiles anew.
-    expect(new PolicyCache().get(policy(spec))).not.toBe(first);
+    // A fresh store compiles anew.
+    expect(store().upsert(policy(spec)).after).not.toBe(first);
   });
 
   it("recompiles after a spec change", () => {
-    const cache = new PolicyCache();
-    const first = cache.get(policy(spec));
+    const s = store();
+    const first = s.upsert(policy(spec)).after;
     const changedSpec = { rules: [{ name: "r", deny: "task.labels.env == 'dev'" }] };
-    const second = cache.get(policy(changedSpec));
-    if (first instanceof ValidationError || second instanceof ValidationError) throw new Error("unexpected");
+    const second = s.upsert(policy(changedSpec)).after;
     expect(second).not.toBe(first);
     expect(second.version).toBe(policyVersion(policy(changedSpec)));
     expect(second.version).not.toBe(first.version);
     const prod = celContext(facts());
     expect(first.rules[0]!.deny!(prod)).toBe(true);
     expect(second.rules[0]!.deny!(prod)).toBe(false);
-    // And the new version is now the cached one.
-    expect(cache.get(policy(changedSpec))).toBe(second);
+    // And the new version is now the one kept.
+    expect(s.upsert(policy(changedSpec)).after).toBe(second);
   });
 
   it("keeps an AgentPolicy and a ClusterAgentPolicy of the same name apart", () => {
-    const cache = new PolicyCache();
-    const ns = cache.get(policy(spec, { name: "same" }));
-    const cluster = cache.get(policy(spec, { name: "same", kind: CLUSTER_POLICY_KIND }));
-    if (ns instanceof ValidationError || cluster instanceof ValidationError) throw new Error("unexpected");
+    const s = store();
+    const ns = s.upsert(policy(spec, { name: "same" })).after;
+    const cluster = s.upsert(policy(spec, { name: "same", kind: CLUSTER_POLICY_KIND })).after;
     expect(ns.kind).toBe(POLICY_KIND);
     expect(cluster.kind).toBe(CLUSTER_POLICY_KIND);
-    expect(cache.get(policy(spec, { name: "same" }))).toBe(ns);
-    expect(cache.get(policy(spec, { name: "same", kind: CLUSTER_POLICY_KIND }))).toBe(cluster);
+    expect(s.upsert(policy(spec, { name: "same" })).after).toBe(ns);
+    expect(s.upsert(policy(spec, { name: "same", kind: CLUSTER_POLICY_KIND })).after).toBe(cluster);
   });
 
-  it("returns (does not throw) the ValidationError of a bad policy, and compiles it once fixed", () => {
-    const cache = new PolicyCache();
-    const good = cache.get(policy(spec));
-    const bad = cache.get(policy({ rules: [{ name: "r", deny: "task.nope" }] }));
-    expect(bad).toBeInstanceOf(ValidationError);
-    expect((bad as ValidationError).field).toBe("spec.rules[0].deny");
-    expect((bad as ValidationError).rule).toBe("cel-type");
-    const fixed = cache.get(policy(spec));
-    expect(fixed).not.toBeInstanceOf(ValidationError);
-    expect((fixed as { version: string }).version).toBe((good as { version: string }).version);
+  it("keeps a bad policy in force as one that denies, naming the field and the rule, and compiles it once fixed", () => {
+    const s = store();
+    const good = s.upsert(policy(spec)).after;
+    const bad = s.upsert(policy({ rules: [{ name: "r", deny: "task.nope" }] })).after;
+    expect(bad.rules.map((r) => r.name)).toEqual(["does-not-compile"]);
+    expect(bad.rules[0]!.message).toMatch(
+      /^the policy does not compile: spec\.rules\[0\]\.deny: .*\(rule cel-type\)$/,
+    );
+    expect(bad.rules[0]!.deny!(celContext(facts()))).toBe(true);
+    const fixed = s.upsert(policy(spec)).after;
+    expect(fixed.rules.map((r) => r.name)).toEqual(["r"]);
+    expect(fixed.version).toBe(good.version);
   });
 
-  it("forget drops the entry", () => {
-    const cache = new PolicyCache();
-    const first = cache.get(policy(spec));
-    cache.forget(policy(spec));
-    const second = cache.get(policy(spec));
+  it("remove drops the entry", () => {
+    const s = store();
+    const first = s.upsert(policy(spec)).after;
+    expect(s.remove(policy(spec))).toBe(first);
+    const second = s.upsert(policy(spec)).after;
     expect(second).not.toBe(first);
-    if (first instanceof ValidationError || second instanceof ValidationError) throw new Error("unexpected");
     expect(second.version).toBe(first.version);
     expect(second.rules.map((r) => r.name)).toEqual(first.rules.map((r) => r.name));
   });
