@@ -159,6 +159,8 @@ interface Agent {
   /** For an X.509-SVID: its serial (must be live); for a JWT-SVID: its task uid and audiences. */
   readonly serial?: string;
   readonly taskUid?: string;
+  /** The task its SPIFFE ID names, when authenticating it already looked it up (a JWT-SVID's audiences). */
+  readonly task?: AgentTask;
 }
 
 export function createAuthzenHandler(deps: AuthzenDeps) {
@@ -348,6 +350,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
         spiffeId: payload.sub!,
         credential: "jwt-svid",
         ...(typeof custody?.taskUid === "string" ? { taskUid: custody.taskUid } : {}),
+        task,
       };
     } catch (err) {
       const aud = err instanceof joseErrors.JWTClaimValidationFailed && err.claim === "aud";
@@ -372,7 +375,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
       }
     }
     const t = now();
-    const task = taskOf(agent.spiffeId);
+    const task = agent.task ?? taskOf(agent.spiffeId);
     // Everything about the task is the same for every item: worked out once.
     const prepared = task ? prepare(task, agent, t) : { denied: deny("no task holds this identity") };
     const recorded = task && contextOf(task);
@@ -494,7 +497,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
         `subject.id is not the agent the credential names (${agent.spiffeId})`,
       );
     }
-    const task = taskOf(agent.spiffeId);
+    const task = agent.task ?? taskOf(agent.spiffeId);
     if (!task) throw new Refusal(404, "unknown_agent", "no task holds this identity");
     // Only under the task the credential was issued to, with a credential still its own.
     if (agent.taskUid !== undefined && agent.taskUid !== task.metadata.uid) {
