@@ -16,3 +16,32 @@ export const envDir = process.env.CUSTODY_ENV_DIR ?? join(import.meta.dirname, "
 export function localEnv(): LocalEnv {
   return JSON.parse(readFileSync(join(envDir, "env.json"), "utf8")) as LocalEnv;
 }
+
+/**
+ * The API server's count of the writes it has served (POST, PUT, PATCH,
+ * DELETE; its own `apiserver_request_total`), by verb and resource. Two
+ * snapshots around a run say what each task cost it: the number the issue's
+ * arithmetic (about 1,100 writes/s per API server) is about.
+ */
+export async function apiWrites(get: (path: string) => Promise<unknown>): Promise<Map<string, number>> {
+  const text = String(await get("/metrics"));
+  const counts = new Map<string, number>();
+  const line = /^apiserver_request_total\{([^}]*)\} (\S+)$/gm;
+  for (const m of text.matchAll(line)) {
+    const labels = Object.fromEntries([...m[1]!.matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]]));
+    if (!["POST", "PUT", "PATCH", "DELETE", "APPLY"].includes(labels.verb ?? "")) continue;
+    const key = `${labels.verb} ${labels.resource}${labels.subresource ? `/${labels.subresource}` : ""}`;
+    counts.set(key, (counts.get(key) ?? 0) + Number(m[2]));
+  }
+  return counts;
+}
+
+/** "POST agenttasks 1.00, PUT agenttasks/status 1.00, …": writes per unit between two snapshots. */
+export function writesPer(before: Map<string, number>, after: Map<string, number>, units: number): string {
+  const rows = [...after]
+    .map(([key, n]) => [key, (n - (before.get(key) ?? 0)) / units] as const)
+    .filter(([, per]) => per >= 0.01)
+    .sort((a, b) => b[1] - a[1]);
+  const total = rows.reduce((sum, [, per]) => sum + per, 0);
+  return `${total.toFixed(2)} (${rows.map(([key, per]) => `${key} ${per.toFixed(2)}`).join(", ")})`;
+}

@@ -270,4 +270,31 @@ describe("a task signed by another installation's admission key", () => {
     await other.reconciler.reconcile("ns/t1");
     expect(other.calls).toEqual([]);
   });
+
+  it("is, when deleted, left to its installation to finalize (every webhook sets the same finalizer)", async () => {
+    const otherKey = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+    const deleting = (record: (t: AgentTask) => string) => () => {
+      const t = task(record);
+      (t.metadata as { deletionTimestamp?: string }).deletionTimestamp = new Date().toISOString();
+      return t;
+    };
+    const theirs = harness(
+      async () => {},
+      deleting((t) => signedRecord(t, () => {}, createEs256Signer(otherKey))),
+    );
+    await theirs.reconciler.reconcile("ns/t1");
+    expect(theirs.calls).toEqual([]);
+
+    // Its own: the credential deleted, `deleted` recorded, then the finalizer released.
+    const ours = harness(
+      async () => {},
+      deleting((t) => signedRecord(t)),
+    );
+    await ours.reconciler.reconcile("ns/t1");
+    expect(ours.calls).toEqual([
+      "DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1",
+      "record dev.custody.task.deleted",
+      "PATCH /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1",
+    ]);
+  });
 });
