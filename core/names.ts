@@ -9,13 +9,6 @@ export const COMPONENT_LABEL = "custody.dev/component";
 export const TASK_LABEL = "custody.dev/agent-task";
 export const TRUST_BUNDLE_CONFIGMAP = "custody-trust-bundle";
 /**
- * The AgentTask finalizer: deletion waits until the operator has revoked the
- * credential and recorded it. The admission webhook sets it on CREATE, so the
- * operator spends no write of its own on it; the operator adds it only to a
- * task that arrived without it (created before the webhook was registered).
- */
-export const TASK_FINALIZER = "custody.dev/revoke-credential";
-/**
  * Credential Secrets have a reserved name pattern so that a cluster-wide
  * admission check can refuse pods that reference one directly.
  */

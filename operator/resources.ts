@@ -2,13 +2,13 @@
 import { createHash } from "node:crypto";
 import { GROUP, PLURAL, VERSION } from "../core/api/v1alpha1.ts";
 
+export const FINALIZER = "custody.dev/revoke-credential";
 export {
   COMPONENT_LABEL,
   CREDENTIAL_SECRET_PREFIX,
   credentialSecretName,
   MANAGED_BY,
   MANAGED_BY_LABEL,
-  TASK_FINALIZER as FINALIZER,
   TASK_LABEL,
   TRUST_BUNDLE_CONFIGMAP,
 } from "../core/names.ts";

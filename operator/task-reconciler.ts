@@ -267,9 +267,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     const name = task.metadata.name;
 
     if (isDeleting(task)) {
-      // Every installation's webhook sets the same finalizer on create, so a
-      // task another installation admitted (its key signed the record) and
-      // this one never issued is the other's to revoke, record and release.
+      // The finalizer policy sets the same finalizer on every AgentTask in the
+      // cluster, so a task another installation admitted (its key signed the
+      // record) and this one never issued is the other's to revoke, record
+      // and release: finalizing it here would delete its credential and
+      // release it before its own installation recorded the revocation.
       const proven = proveRequester(task);
       if ("error" in proven && proven.foreign && !deps.credentials.issuedHere(key)) {
         log.debug("deleted task of another installation: left to it", { object: key });

@@ -23,7 +23,7 @@ import {
 import { type AgentTask, type AgentTaskSpec, parseAgentTaskSpec } from "../core/api/v1alpha1.ts";
 import { IDENTITY_FIELDS, identitySpecDigest } from "../core/delegation.ts";
 import { ValidationError } from "../core/errors.ts";
-import { credentialSecretName, TASK_FINALIZER, TASK_LABEL } from "../core/names.ts";
+import { credentialSecretName, TASK_LABEL } from "../core/names.ts";
 import { canonicalize } from "../core/provenance/canonical-json.ts";
 import type { KeyRing, Signer } from "../core/provenance/sign.ts";
 import {
@@ -97,7 +97,6 @@ interface TaskObject {
     namespace?: string;
     labels?: Record<string, string>;
     annotations?: Record<string, string>;
-    finalizers?: unknown;
   };
   spec?: unknown;
 }
@@ -198,14 +197,6 @@ async function admitCreate(deps: AgentTaskAdmissionDeps, req: AdmissionRequest):
         path: `/metadata/annotations/${pointerSegment(DELEGATION_ASSERTION_ANNOTATION)}`,
       });
     }
-  }
-  // The finalizer comes with the create: one write fewer per task than the
-  // operator patching it in, before it issues, as it otherwise must.
-  const finalizers = obj.metadata?.finalizers;
-  if (!Array.isArray(finalizers)) {
-    patch.push({ op: "add", path: "/metadata/finalizers", value: [TASK_FINALIZER] });
-  } else if (!finalizers.includes(TASK_FINALIZER)) {
-    patch.push({ op: "add", path: "/metadata/finalizers/-", value: TASK_FINALIZER });
   }
   return allow(patch);
 }

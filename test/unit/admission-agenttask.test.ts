@@ -128,31 +128,6 @@ describe("AgentTask CREATE", () => {
     expect(record.specDigest).toBe(identitySpecDigest(baseSpec));
   });
 
-  it("sets the operator's finalizer with the create, keeping the client's own finalizers", async () => {
-    const bare = await handler()(request({}));
-    expect(bare.patch).toContainEqual({
-      op: "add",
-      path: "/metadata/finalizers",
-      value: ["custody.dev/revoke-credential"],
-    });
-    const withOthers = request({});
-    (withOthers.object as { metadata: Record<string, unknown> }).metadata.finalizers = ["example.com/keep"];
-    const res = await handler()(withOthers);
-    expect(res.patch).toContainEqual({
-      op: "add",
-      path: "/metadata/finalizers/-",
-      value: "custody.dev/revoke-credential",
-    });
-    expect(res.patch?.filter((p) => p.path.startsWith("/metadata/finalizers"))).toHaveLength(1);
-    const already = request({});
-    (already.object as { metadata: Record<string, unknown> }).metadata.finalizers = [
-      "custody.dev/revoke-credential",
-    ];
-    expect((await handler()(already)).patch?.some((p) => p.path.startsWith("/metadata/finalizers"))).toBe(
-      false,
-    );
-  });
-
   it("replaces a record the client sent: only the webhook's own survives", async () => {
     const forged = signRequesterRecord(
       createEs256Signer(generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey),

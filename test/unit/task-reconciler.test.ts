@@ -271,7 +271,7 @@ describe("a task signed by another installation's admission key", () => {
     expect(other.calls).toEqual([]);
   });
 
-  it("is, when deleted, left to its installation to finalize (every webhook sets the same finalizer)", async () => {
+  it("is, when deleted, left to its installation to finalize (the finalizer policy sets the same finalizer on all)", async () => {
     const otherKey = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
     const deleting = (record: (t: AgentTask) => string) => () => {
       const t = task(record);
