@@ -40,7 +40,12 @@ import { JwtKeyManager } from "./jwt-keys.ts";
 import { createJwtSvidMinter, JWT_REFRESH_ANNOTATION } from "./jwt-svids.ts";
 import { TaskEventRecorder } from "./kube-events.ts";
 import { PolicyStore, rootDelegatorGroups, selectionFacts } from "./policies.ts";
-import { createKafkaRecorder, deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
+import {
+  createKafkaRecorder,
+  deterministicEventId,
+  type ProvenanceRecorder,
+  ProvenanceUnavailableError,
+} from "./provenance.ts";
 import { ProvenanceAnchor } from "./provenance-anchor.ts";
 import {
   COMPONENT_LABEL,
@@ -115,7 +120,13 @@ async function main(): Promise<void> {
     record: (type, subject, data, rootUid, id) =>
       leaderRecorder
         ? leaderRecorder.record(type, subject, data, rootUid, id)
-        : Promise.reject(new Error("not the leader: provenance is written only by the leader")),
+        : Promise.reject(
+            new ProvenanceUnavailableError(
+              leading
+                ? "the provenance stream is not open yet (waiting for Kafka)"
+                : "not the leader: provenance is written only by the leader",
+            ),
+          ),
     get healthy() {
       return leaderRecorder?.healthy ?? false;
     },
@@ -755,47 +766,84 @@ async function main(): Promise<void> {
 
   let stopping = false;
   const startLeading = async (epoch: number) => {
-    const writer = await createKafkaRecorder({
-      brokers: config.kafka.brokers,
-      topic: config.kafka.topic,
-      partitions: config.kafka.partitions,
-      replicationFactor: config.kafka.replicationFactor,
-      writer: identity,
-      epoch,
-      signingKey,
-      connection: kafkaConnection,
-      compression: kafkaCompression,
-      log: log.child("provenance"),
-    });
-    if (stopping) {
-      // SIGTERM (and the lease release) came while the writer was starting.
-      await writer.close();
-      return;
-    }
-    // Before the first reconcile: tasks created from now on carry records,
-    // and verifiers can find the key this writer signs with.
+    // Admission and the provenance key first: neither needs Kafka, and a
+    // leader waiting for Kafka must not take the fail-closed webhook (or the
+    // settling of overdue tasks) down with it.
     await admission.register();
     await anchor.publishKey(signingKey);
-    leaderRecorder = writer;
-    // Where this writer's records begin, before its first event; then what
-    // the predecessors left: serials announced but never delivered.
-    const myStream = `operator/${identity}`;
-    await anchor.start(myStream, writer.resumeOffsets?.() ?? {});
-    await settleAbandoned(writer, myStream);
+    if (stopping) return;
     leading = true;
     metrics.leader(true);
     // Bundles may be stale (a new CA, anchor or revocation since the last
     // leader) or missing (deleted meanwhile): settle every namespace now.
     for (const ns of new Set(tasks.list().map((c) => c.metadata.namespace))) publishRevoked(ns);
-    // Pods that appeared while no leader recorded them.
-    for (const p of pods.list()) recordInjection(p);
     // Overdue tasks first: a deadline that passed while no leader ran is
-    // settled (credential deleted, Expired) before anything is issued.
-    const now = Date.now();
-    const all = tasks.list().map((c) => ({ key: objectKey(c), deadline: deadlineOf(c) }));
-    for (const t of all) if (t.deadline <= now) queue.add(t.key);
-    for (const t of all) if (t.deadline > now) queue.add(t.key);
-    log.info("leading: reconciling", { epoch, tasks: all.length });
+    // settled (credential deleted, Expired) before anything is issued. Until
+    // the stream below is open, reconciling deletes what must go and waits
+    // for Kafka for the rest (tasks to be issued say so in a condition).
+    const enqueueAll = () => {
+      const now = Date.now();
+      const all = tasks.list().map((c) => ({ key: objectKey(c), deadline: deadlineOf(c) }));
+      for (const t of all) if (t.deadline <= now) queue.add(t.key);
+      for (const t of all) if (t.deadline > now) queue.add(t.key);
+      return all.length;
+    };
+    log.info("leading: reconciling", { epoch, tasks: enqueueAll() });
+
+    const myStream = `operator/${identity}`;
+    const writer = await openProvenanceStream(epoch, myStream);
+    if (!writer) return;
+    leaderRecorder = writer;
+    log.info("provenance stream open", { stream: myStream, epoch });
+    // Pods that appeared while no leader recorded them, and every task again
+    // (those that waited for the stream issue now).
+    for (const p of pods.list()) recordInjection(p);
+    enqueueAll();
+  };
+  /**
+   * The leader's Kafka writer, its start anchored and its predecessors'
+   * tails settled; retried with backoff until Kafka answers. Undefined once
+   * this replica no longer leads.
+   */
+  const openProvenanceStream = async (
+    epoch: number,
+    myStream: string,
+  ): Promise<ProvenanceRecorder | undefined> => {
+    for (let attempt = 1; leading && !stopping; attempt++) {
+      let writer: ProvenanceRecorder | undefined;
+      try {
+        writer = await createKafkaRecorder({
+          brokers: config.kafka.brokers,
+          topic: config.kafka.topic,
+          partitions: config.kafka.partitions,
+          replicationFactor: config.kafka.replicationFactor,
+          writer: identity,
+          epoch,
+          signingKey,
+          connection: kafkaConnection,
+          compression: kafkaCompression,
+          log: log.child("provenance"),
+        });
+        // Where this writer's records begin, before its first event; then
+        // what the predecessors left: serials announced but never delivered.
+        // Only then may this writer record (and so issue) anything.
+        await anchor.start(myStream, writer.resumeOffsets?.() ?? {});
+        await settleAbandoned(writer, myStream);
+        if (leading && !stopping) return writer;
+        await writer.close();
+        return undefined;
+      } catch (err) {
+        await writer?.close().catch(() => undefined);
+        const retryMs = Math.min(30_000, 1000 * 2 ** Math.min(attempt - 1, 5));
+        log.warn("provenance stream not open (Kafka unreachable?); leading without issuing until it is", {
+          attempt,
+          retryMs,
+          error: errorText(err),
+        });
+        await new Promise((r) => setTimeout(r, retryMs));
+      }
+    }
+    return undefined;
   };
   const settleAbandoned = async (writer: ProvenanceRecorder, myStream: string) => {
     const streams = await anchor.unsettled(myStream);

@@ -14,6 +14,15 @@ import type { KafkaConnection } from "../shells/kafka/connection.ts";
 import { readTail, type TailRecord } from "../shells/kafka/read-tail.ts";
 import type { Logger } from "../shells/log.ts";
 
+/**
+ * The provenance stream cannot take an event now: this replica does not
+ * lead, its writer is not open yet (Kafka unreachable since it took over),
+ * or the last send failed. Nothing was appended; try again later.
+ */
+export class ProvenanceUnavailableError extends Error {
+  override readonly name = "ProvenanceUnavailableError";
+}
+
 export interface ProvenanceRecorder {
   /** Appends one event; resolves once Kafka acknowledged it. */
   record<T extends EventType>(

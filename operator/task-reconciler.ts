@@ -54,7 +54,7 @@ import {
 } from "./jwt-svids.ts";
 import type { TaskEventRecorder } from "./kube-events.ts";
 import { issuanceFacts, type PolicyStore, rootDelegatorGroups, selectionFacts } from "./policies.ts";
-import { deterministicEventId, type ProvenanceRecorder } from "./provenance.ts";
+import { deterministicEventId, type ProvenanceRecorder, ProvenanceUnavailableError } from "./provenance.ts";
 import {
   caFingerprint,
   credentialSecretName,
@@ -152,6 +152,26 @@ export class CredentialIndex {
  * seen our write, its cached copy is stale. We remember what we wrote and
  * reconcile from that instead of from the stale copy.
  */
+/** How soon a task waiting for the provenance stream is tried again. */
+const PROVENANCE_RETRY_MS = 5_000;
+/** How long an acknowledgement may take before the wait shows on the task. */
+const ACK_PATIENCE_MS = 3_000;
+
+/** Awaits `ack`; if it takes longer than ACK_PATIENCE_MS, runs `slow` once (best effort) and goes on waiting. */
+async function untilAcknowledged(ack: Promise<void>, slow: () => Promise<void>): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const patience = new Promise<"slow">((resolve) => {
+    timer = setTimeout(() => resolve("slow"), ACK_PATIENCE_MS);
+  });
+  const first = await Promise.race([ack.then(() => "acked" as const), patience]).finally(() =>
+    clearTimeout(timer),
+  );
+  if (first === "slow") {
+    await slow().catch(() => undefined);
+    await ack;
+  }
+}
+
 class WrittenState {
   readonly #byKey = new Map<string, { rv: string; task: AgentTask }>();
   remember(key: string, task: AgentTask): void {
@@ -256,6 +276,20 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
   }
 
   async function reconcile(key: string): Promise<HandlerResult> {
+    try {
+      return await reconcileOnce(key);
+    } catch (err) {
+      // Kafka away: whatever needs no event (deleting a credential) is done;
+      // the rest is retried soon, not after a failure's growing backoff.
+      if (err instanceof ProvenanceUnavailableError) {
+        log.debug("provenance unavailable; retrying", { object: key, error: err.message });
+        return { requeueAfterMs: PROVENANCE_RETRY_MS };
+      }
+      throw err;
+    }
+  }
+
+  async function reconcileOnce(key: string): Promise<HandlerResult> {
     const cached = deps.getTask(key);
     if (!cached) {
       written.forget(key);
@@ -449,6 +483,24 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       if (holds) return revokeByPolicy(task, key, policy, message, t);
       return denyTask(task, key, "PolicyDenied", message, t, "policy");
     }
+    // No credential before its `issued` event is acknowledged: while the
+    // stream cannot take one, nothing is minted and the task says why.
+    if (!deps.recorder.healthy) {
+      if (!task.status?.certificate) {
+        await writeStatus(
+          key,
+          task,
+          pendingStatus(
+            task,
+            "ProvenanceUnavailable",
+            "waiting for the provenance stream (Kafka): no credential is issued before its issued event " +
+              "is acknowledged; issuance resumes when it is",
+            t,
+          ),
+        );
+      }
+      return { requeueAfterMs: PROVENANCE_RETRY_MS };
+    }
     if (!(task.metadata as { finalizers?: string[] }).finalizers?.includes(FINALIZER)) {
       task = await addFinalizer(task, key);
     }
@@ -566,11 +618,27 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     async function issueAndDeliver() {
       // Recorded when a policy is in force (the default's "none" adds nothing to say).
       if (policy && policy.version !== "none") await recordPolicyDecision(task, policy, policyStage, chain);
-      if (renewing) {
-        await record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain);
-      } else {
-        await record("dev.custody.task.issued", task, { certificate }, chain);
-      }
+      const announced = renewing
+        ? record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain)
+        : record("dev.custody.task.issued", task, { certificate }, chain);
+      await untilAcknowledged(announced, async () => {
+        // Kafka went away after this event was appended: it is sent (the
+        // same bytes) once Kafka is back, and only then is the credential
+        // delivered. Meanwhile a first issuance says what it waits for.
+        if (task.status?.certificate) return;
+        await writeStatus(
+          key,
+          task,
+          pendingStatus(
+            task,
+            "ProvenanceUnavailable",
+            `waiting for Kafka to acknowledge the issued event of certificate ${svid.serialHex}: ` +
+              "the credential is delivered only after it is",
+            t,
+          ),
+        );
+        task = written.freshest(key, task);
+      });
       deps.failpoint?.("after-issued-ack");
 
       try {
@@ -779,6 +847,10 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     data: Record<string, unknown>,
     chain?: readonly ChainLink[],
   ): Promise<void> {
+    // Fail fast rather than queue behind a failing send: the caller has
+    // already deleted what must go at once, and retries the event itself.
+    if (!deps.recorder.healthy)
+      throw new ProvenanceUnavailableError(`${type} not recorded: the provenance stream is unavailable`);
     const context = contextOf(task, chain);
     const subject = task.status?.spiffeID ?? `${context.namespace}/${context.name}`;
     await deps.recorder.record(type, subject, { context, ...data } as never, context.rootUid);

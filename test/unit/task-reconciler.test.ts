@@ -76,6 +76,7 @@ function harness(
   record: (type: string) => Promise<void>,
   theTask: () => AgentTask = () => task(),
   credentials = new CredentialIndex(),
+  healthy = true,
 ) {
   const calls: string[] = [];
   const bodies: Record<string, unknown> = {};
@@ -105,7 +106,7 @@ function harness(
       calls.push(`record ${type}`);
       return record(type);
     },
-    healthy: true,
+    healthy,
     backlog: 0,
     close: async () => {},
   };
@@ -296,5 +297,54 @@ describe("a task signed by another installation's admission key", () => {
       "record dev.custody.task.deleted",
       "PATCH /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1",
     ]);
+  });
+});
+
+describe("while the provenance stream is unavailable (Kafka down, or not yet open after a takeover)", () => {
+  it("mints nothing and says why in the task's status, then issues once the stream is back", async () => {
+    const down = harness(async () => {}, undefined, new CredentialIndex(), false);
+    const result = await down.reconciler.reconcile("ns/t1");
+    expect(down.calls).toEqual([STATUS]);
+    const status = (down.bodies[STATUS] as AgentTask).status!;
+    expect(status.phase).toBe("Pending");
+    expect(status.certificate).toBeUndefined();
+    expect(status.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "False",
+      reason: "ProvenanceUnavailable",
+    });
+    expect(result).toEqual({ requeueAfterMs: 5_000 });
+
+    const up = harness(async () => {});
+    await up.reconciler.reconcile("ns/t1");
+    expect(up.calls).toEqual([...FIRST, "record dev.custody.task.issued", SECRET, STATUS]);
+  });
+
+  it("still deletes a revoked task's credential at once; its event and status follow when the stream is back", async () => {
+    const revoked = () => {
+      const t = task();
+      t.spec.revoked = true;
+      t.status = {
+        phase: "Issued",
+        certificate: {
+          serial: "0a",
+          notBefore: new Date(Date.now() - 60_000).toISOString(),
+          notAfter: new Date(Date.now() + 3_600_000).toISOString(),
+          renewalTime: new Date(Date.now() + 1_800_000).toISOString(),
+          publicKeySHA256: "0".repeat(64),
+          secretName: "custody-svid-t1",
+        },
+      };
+      return t;
+    };
+    const held = new CredentialIndex();
+    held.set("ns/t1", "0a", true);
+    const down = harness(async () => {}, revoked, held, false);
+    expect(await down.reconciler.reconcile("ns/t1")).toEqual({ requeueAfterMs: 5_000 });
+    expect(down.calls).toEqual(["DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1"]);
+
+    const up = harness(async () => {}, revoked, new CredentialIndex());
+    await up.reconciler.reconcile("ns/t1");
+    expect(up.calls).toContain("record dev.custody.task.revoked");
+    expect((up.bodies[STATUS] as AgentTask).status?.phase).toBe("Revoked");
   });
 });
