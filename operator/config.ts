@@ -1,6 +1,7 @@
 // Operator settings from the environment (the chart sets them; `make run`
 // uses the defaults). Bad values fail at start with the variable named.
 import { z } from "zod";
+import { DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH } from "../core/chain.ts";
 import { DEFAULT_TTL, parseTtl } from "../core/duration.ts";
 import { checkSchedule, JWT_ALGORITHMS, type JwtAlgorithm, type KeySchedule } from "../core/jwt/keys.ts";
 import { DEFAULT_JWT_TTL_MS, MAX_JWT_TTL_MS, MAX_OBO_TTL_MS, MIN_JWT_TTL_MS } from "../core/jwt/svid.ts";
@@ -20,6 +21,8 @@ const schema = z.object({
   CUSTODY_CA_SECRET: z.string().min(1).max(253).default("custody-ca"),
   CUSTODY_DEFAULT_TTL: z.string().default(DEFAULT_TTL),
   CUSTODY_WORKERS: z.coerce.number().int().min(1).max(512).default(64),
+  /** Sub-agent hops below a root task (the status chain holds at most 32 links: 30 hops). */
+  CUSTODY_MAX_CHAIN_DEPTH: z.coerce.number().int().min(1).max(MAX_MAX_DEPTH).default(DEFAULT_MAX_DEPTH),
   CUSTODY_HEALTH_ADDR: listenAddress.default("127.0.0.1:8081"),
   CUSTODY_KAFKA_BROKERS: z.string().min(1, "is required: host:port[,host:port]"),
   CUSTODY_KAFKA_TOPIC: z
@@ -126,6 +129,8 @@ export interface OperatorConfig {
   caSecretName: string;
   defaultTtl: string;
   workers: number;
+  /** Sub-agent hops allowed below a root task. */
+  maxChainDepth: number;
   healthAddr: { host: string; port: number };
   kafka: { brokers: string[]; topic: string; partitions: number; replicationFactor: number };
   logLevel: "debug" | "info" | "warn" | "error";
@@ -197,6 +202,7 @@ export function loadOperatorConfig(env: NodeJS.ProcessEnv = process.env): Operat
     caSecretName: c.CUSTODY_CA_SECRET,
     defaultTtl: c.CUSTODY_DEFAULT_TTL,
     workers: c.CUSTODY_WORKERS,
+    maxChainDepth: c.CUSTODY_MAX_CHAIN_DEPTH,
     healthAddr: { host, port },
     kafka: {
       brokers: c.CUSTODY_KAFKA_BROKERS.split(",")

@@ -61,7 +61,7 @@ import {
   taskCollectionPath,
 } from "./resources.ts";
 import { loadOrCreateSigningKey } from "./signing-keys.ts";
-import { CredentialIndex, createTaskReconciler } from "./task-reconciler.ts";
+import { CredentialIndex, createTaskReconciler, failureReason } from "./task-reconciler.ts";
 import { CONTENT_HASH_ANNOTATION, INSTALLATION_ANNOTATION, TrustBundlePublisher } from "./trust-bundle.ts";
 
 interface SecretMeta {
@@ -358,6 +358,7 @@ async function main(): Promise<void> {
       : {}),
     recordMaxSkewMs: config.recordMaxSkewMs,
     renewJitter: config.renewJitter,
+    maxChainDepth: config.maxChainDepth,
     jwt: createJwtSvidMinter({
       settings: { issuer: config.oidc.issuer, ttlMs: config.jwt.ttlMs, signing: () => jwtKeys.signing() },
       trustDomain: config.trustDomain,
@@ -375,6 +376,7 @@ async function main(): Promise<void> {
         return await reconciler.reconcile(key);
       } catch (err) {
         log.warn("reconcile failed; retrying with backoff", { object: key, error: errorText(err) });
+        metrics.failure(failureReason(err));
         throw err;
       }
     },

@@ -74,6 +74,8 @@ import type { TrustBundlePublisher } from "./trust-bundle.ts";
 export interface ReconcilerMetrics {
   issued(kind: "issued" | "renewed", createToReadyMs: number | undefined): void;
   transition(kind: "denied" | "expired" | "revoked" | "failed", reason: string): void;
+  /** An attempt that failed and will be retried (reason from a closed set). */
+  failure(reason: string): void;
 }
 
 export interface TaskReconcilerDeps {
@@ -152,6 +154,14 @@ export class CredentialIndex {
  * seen our write, its cached copy is stale. We remember what we wrote and
  * reconcile from that instead of from the stale copy.
  */
+/** The failure metric's reason for a reconcile that threw (a closed set: shells/metrics.ts FAILURE_REASONS). */
+export function failureReason(err: unknown): string {
+  if (err instanceof ProvenanceUnavailableError) return "ProvenanceUnavailable";
+  if (err instanceof KubeApiError) return err.code === 409 ? "Conflict" : "ApiError";
+  const text = err instanceof Error ? `${err.name} ${err.message}` : String(err);
+  return /timed? ?out|ETIMEDOUT/i.test(text) ? "Timeout" : "Other";
+}
+
 /** How soon a task waiting for the provenance stream is tried again. */
 const PROVENANCE_RETRY_MS = 5_000;
 /** How long an acknowledgement may take before the wait shows on the task. */
@@ -282,6 +292,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       // Kafka away: whatever needs no event (deleting a credential) is done;
       // the rest is retried soon, not after a failure's growing backoff.
       if (err instanceof ProvenanceUnavailableError) {
+        deps.metrics?.failure("ProvenanceUnavailable");
         log.debug("provenance unavailable; retrying", { object: key, error: err.message });
         return { requeueAfterMs: PROVENANCE_RETRY_MS };
       }
@@ -486,6 +497,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     // No credential before its `issued` event is acknowledged: while the
     // stream cannot take one, nothing is minted and the task says why.
     if (!deps.recorder.healthy) {
+      deps.metrics?.failure("ProvenanceUnavailable");
       if (!task.status?.certificate) {
         await writeStatus(
           key,

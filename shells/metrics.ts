@@ -25,10 +25,12 @@ export const DENIAL_REASONS = [
   "AncestorFailed",
   "AncestorReplaced",
   "ScopeEscalation",
+  "AudienceEscalation",
   "TtlExceedsParent",
   "DeadlineExceedsParent",
   "DelegationUnproven",
   "RequesterUnproven",
+  "PolicyDenied",
   "Other",
 ] as const;
 
@@ -36,6 +38,7 @@ export const DENIAL_REASONS = [
 export const FAILURE_REASONS = [
   "CAUnavailable",
   "SigningFailed",
+  "MintFailed",
   "CredentialWriteFailed",
   "StatusWriteFailed",
   "ProvenanceUnavailable",

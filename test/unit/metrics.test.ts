@@ -1,5 +1,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { ProvenanceUnavailableError } from "../../operator/provenance.ts";
+import { failureReason } from "../../operator/task-reconciler.ts";
+import { KubeApiError } from "../../shells/kube/rest.ts";
 import { DENIAL_REASONS, FAILURE_REASONS, OperatorMetrics } from "../../shells/metrics.ts";
 
 /** Sample lines of the text exposition: "name{labels}" → value. */
@@ -95,6 +98,31 @@ describe("OperatorMetrics", () => {
     expect(s.get('custody_revocations_total{cascade="false"}')).toBe(1);
     expect(s.get('custody_revocations_total{cascade="true"}')).toBe(2);
     expect(s.get("custody_expirations_total")).toBe(1);
+  });
+
+  it("counts every reason the reconciler emits under its own name, none as Other", async () => {
+    const m = new OperatorMetrics({ defaultMetrics: false });
+    for (const r of ["PolicyDenied", "AudienceEscalation", "RequesterUnproven", "InvalidSpec"])
+      m.transition("denied", r);
+    m.transition("failed", "MintFailed");
+    for (const err of [
+      new ProvenanceUnavailableError("no stream"),
+      new KubeApiError(409, "Conflict", "PUT: 409", {}),
+      new KubeApiError(500, "InternalError", "PUT: 500", {}),
+      new Error("request timed out after 30000 ms"),
+      new Error("boom"),
+    ])
+      m.failure(failureReason(err));
+    const s = await scrape(m);
+    expect(s.get('custody_denials_total{reason="Other"}')).toBe(0);
+    expect(s.get('custody_denials_total{reason="PolicyDenied"}')).toBe(1);
+    expect(s.get('custody_denials_total{reason="AudienceEscalation"}')).toBe(1);
+    expect(s.get('custody_failures_total{reason="MintFailed"}')).toBe(1);
+    expect(s.get('custody_failures_total{reason="ProvenanceUnavailable"}')).toBe(1);
+    expect(s.get('custody_failures_total{reason="Conflict"}')).toBe(1);
+    expect(s.get('custody_failures_total{reason="ApiError"}')).toBe(1);
+    expect(s.get('custody_failures_total{reason="Timeout"}')).toBe(1);
+    expect(s.get('custody_failures_total{reason="Other"}')).toBe(1);
   });
 
   it("maps any reason outside the closed sets to Other, so label cardinality stays bounded", async () => {
