@@ -18,7 +18,7 @@
  *    without it an in-memory recorder stands in, and the output says so.
  * Prints numbers only; never asserts a timing.
  */
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { availableParallelism } from "node:os";
 import type { AgentPolicy } from "../core/api/policy.ts";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
@@ -26,6 +26,7 @@ import { type ActionRequest, decideAction, type TaskState } from "../core/policy
 import { compilePolicy } from "../core/policy/compile.ts";
 import type { PolicyFacts } from "../core/policy/context.ts";
 import { type DecideOptions, decide } from "../core/policy/decide.ts";
+import { provenanceSalt } from "../core/provenance/events.ts";
 import { buildTaskSpiffeId } from "../core/spiffe.ts";
 import { createAuthzenHandler, EVALUATION_PATH } from "../operator/authzen.ts";
 import { generateJwtKey } from "../operator/jwt-keys.ts";
@@ -370,6 +371,7 @@ async function endpointLatency(): Promise<void> {
         reviewToken: async () => undefined,
         callers: new Set(),
         recorder: openStream,
+        salt: provenanceSalt(randomBytes(32)),
         reportsPerSecond: 10,
         log: log.child("authzen"),
       }),

@@ -22,3 +22,5 @@ export const CHECKPOINT_PREFIX = "checkpoint.";
 export const PROVENANCE_KEY_SECRET = "custody-provenance-signing-key";
 /** Signs requester records and workload stamps; only Custody's service account may read it. */
 export const ADMISSION_KEY_SECRET = "custody-admission-signing-key";
+/** The salt of the HMAC digests that stand for sensitive values in provenance events. */
+export const PROVENANCE_SALT_SECRET = "custody-provenance-salt";

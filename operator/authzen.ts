@@ -12,7 +12,7 @@
 // The body's subject (type "agent", id the SPIFFE ID) must name the agent the
 // validated credential names. Every decision is recorded (and acknowledged)
 // before it is returned; when it cannot be, the answer is deny.
-import { createHash, randomUUID } from "node:crypto";
+import { randomUUID } from "node:crypto";
 import { decodeJwt, errors as joseErrors, jwtVerify } from "jose";
 import { z } from "zod";
 import type { RequesterRecord } from "../core/admission/record.ts";
@@ -22,7 +22,12 @@ import { describeJoseError } from "../core/jwt/exchange.ts";
 import type { JwtKey } from "../core/jwt/keys.ts";
 import { type ActionDecision, decideAction } from "../core/policy/action.ts";
 import { canonicalize } from "../core/provenance/canonical-json.ts";
-import { type DelegationContext, eventReasons } from "../core/provenance/events.ts";
+import {
+  type DelegationContext,
+  digestSensitive,
+  eventReasons,
+  type ProvenanceSalt,
+} from "../core/provenance/events.ts";
 import { fromPem } from "../core/x509/pem.ts";
 import type { IdentityRequest, IdentityResponse } from "../shells/https/identity-server.ts";
 import type { AuthenticatedUser } from "../shells/kube/authentication.ts";
@@ -130,6 +135,8 @@ export interface AuthzenDeps {
   /** Kubernetes usernames allowed to ask about agents. */
   callers: ReadonlySet<string>;
   recorder: () => Promise<Pick<ProvenanceRecorder, "record">>;
+  /** Request contexts are recorded only as HMACs under this salt. */
+  salt: ProvenanceSalt;
   reportsPerSecond: number;
   recordTimeoutMs?: number;
   log: Logger;
@@ -415,7 +422,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
                 resource: { type: e.resource.type, id: e.resource.id },
                 caller: { kind: caller.kind, name: caller.name.slice(0, 512) },
                 credential: agent.credential,
-                ...(e.context ? { contextSha256: digestOf(e.context) } : {}),
+                ...(e.context ? { sensitive: sensitiveContext(deps.salt, e.context) } : {}),
               },
               recorded.rootUid,
               id,
@@ -533,7 +540,7 @@ export function createAuthzenHandler(deps: AuthzenDeps) {
           ...(r.outcome ? { outcome: r.outcome } : {}),
           reporter: { kind: caller.kind, name: caller.name.slice(0, 512) },
           selfReported: caller.kind === "agent",
-          ...(r.context ? { contextSha256: digestOf(r.context) } : {}),
+          ...(r.context ? { sensitive: sensitiveContext(deps.salt, r.context) } : {}),
         },
         context.rootUid,
         id,
@@ -592,9 +599,13 @@ function json(status: number, body: unknown): IdentityResponse {
   return { status, headers: JSON_HEADERS, body: JSON.stringify(body) };
 }
 
-/** The request's context as a digest: recorded, never raw (it may hold sensitive values). */
-function digestOf(context: Record<string, unknown>): string {
-  return createHash("sha256").update(canonicalize(context), "utf8").digest("hex");
+/**
+ * The request's context as a salted digest: recorded, never raw (it may hold
+ * sensitive values), and not as a plain hash either, which anyone could
+ * confirm a guess against (a ticket number, an amount).
+ */
+function sensitiveContext(salt: ProvenanceSalt, context: Record<string, unknown>) {
+  return digestSensitive(salt.key, salt.id, { context: canonicalize(context) });
 }
 
 function contextOf(task: AgentTask): DelegationContext {

@@ -60,7 +60,7 @@ import {
   TRUST_BUNDLE_CONFIGMAP,
   taskCollectionPath,
 } from "./resources.ts";
-import { loadOrCreateSigningKey } from "./signing-keys.ts";
+import { loadOrCreateSalt, loadOrCreateSigningKey } from "./signing-keys.ts";
 import { CredentialIndex, createTaskReconciler, failureReason } from "./task-reconciler.ts";
 import { CONTENT_HASH_ANNOTATION, INSTALLATION_ANNOTATION, TrustBundlePublisher } from "./trust-bundle.ts";
 
@@ -102,6 +102,8 @@ async function main(): Promise<void> {
     log,
   });
   const signingKey = await loadOrCreateSigningKey(rest, config.namespace, log);
+  // Sensitive values (request contexts, labels marked sensitive) reach events only as HMACs under it.
+  const salt = await loadOrCreateSalt(rest, config.namespace, log);
   // The admission webhook's key: it signs requester records and workload
   // stamps; the reconciler verifies records with its public half.
   const admissionKey = await loadOrCreateSigningKey(
@@ -359,6 +361,7 @@ async function main(): Promise<void> {
     recordMaxSkewMs: config.recordMaxSkewMs,
     renewJitter: config.renewJitter,
     maxChainDepth: config.maxChainDepth,
+    salt,
     jwt: createJwtSvidMinter({
       settings: { issuer: config.oidc.issuer, ttlMs: config.jwt.ttlMs, signing: () => jwtKeys.signing() },
       trustDomain: config.trustDomain,
@@ -504,6 +507,7 @@ async function main(): Promise<void> {
         reviewToken: createTokenReviewer(rest, [config.oidc.issuer]),
         callers: new Set(config.policy.authzenCallers),
         recorder: openStream,
+        salt,
         reportsPerSecond: config.policy.reportsPerSecond,
         log: log.child("authzen"),
       }),

@@ -32,7 +32,12 @@ import { ValidationError } from "../core/errors.ts";
 import { type Decision, decide, sameStatus, setCondition, validityWindow } from "../core/lifecycle.ts";
 import { combinedVersion, type PolicyDecision } from "../core/policy/decide.ts";
 import { sha256Hex } from "../core/provenance/chain.ts";
-import { type DelegationContext, eventReasons } from "../core/provenance/events.ts";
+import {
+  type DelegationContext,
+  digestSensitive,
+  eventReasons,
+  type ProvenanceSalt,
+} from "../core/provenance/events.ts";
 import type { KeyRing } from "../core/provenance/sign.ts";
 import { buildTaskSpiffeId } from "../core/spiffe.ts";
 import {
@@ -98,6 +103,8 @@ export interface TaskReconcilerDeps {
   renewJitter: number;
   /** Most AgentTask hops above a task (issue 5's cap; default 5). */
   maxChainDepth?: number;
+  /** Labels marked sensitive are recorded only as HMACs under this salt. */
+  salt?: ProvenanceSalt;
   log: Logger;
   metrics?: ReconcilerMetrics;
   now?: () => number;
@@ -154,6 +161,29 @@ export class CredentialIndex {
  * seen our write, its cached copy is stale. We remember what we wrote and
  * reconcile from that instead of from the stale copy.
  */
+/**
+ * What the `requested` event records of spec.agent: model, tools and labels,
+ * except the values of labels marked sensitive, which appear only as HMACs
+ * (`sensitive.digests["labels.<key>"]`). Without a salt they are left out.
+ */
+export function runtimeContext(agent: AgentTaskSpec["agent"], salt: ProvenanceSalt | undefined) {
+  const marked = new Set(agent.sensitiveLabels ?? []);
+  const labels: Record<string, string> = {};
+  const secret: Record<string, string> = {};
+  for (const [k, v] of Object.entries(agent.labels ?? {})) {
+    if (marked.has(k)) secret[`labels.${k}`] = v;
+    else labels[k] = v;
+  }
+  return {
+    ...(agent.model ? { model: { ...agent.model } } : {}),
+    ...(agent.tools && agent.tools.length > 0 ? { tools: agent.tools.map((t) => ({ ...t })) } : {}),
+    ...(Object.keys(labels).length > 0 ? { labels } : {}),
+    ...(salt && Object.keys(secret).length > 0
+      ? { sensitive: digestSensitive(salt.key, salt.id, secret) }
+      : {}),
+  };
+}
+
 /** The failure metric's reason for a reconcile that threw (a closed set: shells/metrics.ts FAILURE_REASONS). */
 export function failureReason(err: unknown): string {
   if (err instanceof ProvenanceUnavailableError) return "ProvenanceUnavailable";
@@ -827,6 +857,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
           recordDigest: sha256Hex(task.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION] ?? ""),
         },
         agent: spec.agent.name,
+        ...runtimeContext(spec.agent, deps.salt),
         scope: [...spec.scope],
         ttl: spec.ttl,
       },

@@ -166,8 +166,8 @@ const labelMap = kube(
   { maxProperties: MAX_LABELS },
 );
 
-export const AgentSchema = z
-  .object({
+export const AgentSchema = withCel(
+  z.object({
     name: dnsLabel("Agent name, a DNS label. Becomes the agent segment of the SPIFFE ID."),
     model: AgentModelSchema.optional(),
     tools: toolList.optional().describe(`Tools the agent may call, unique by name, at most ${MAX_TOOLS}.`),
@@ -177,8 +177,25 @@ export const AgentSchema = z
         `Free-form descriptive labels (at most ${MAX_LABELS}; keys ${LABEL_KEY_PATTERN}, ` +
           `at most ${MAX_LABEL_KEY_LENGTH} characters; values at most ${MAX_LABEL_VALUE_LENGTH}).`,
       ),
-  })
-  .describe("The agent that will act under this task's identity.");
+    sensitiveLabels: kube(z.array(z.string().min(1).max(MAX_LABEL_KEY_LENGTH)).max(MAX_LABELS), {
+      "x-kubernetes-list-type": "set",
+    })
+      .optional()
+      .describe(
+        "Keys of labels whose values are sensitive: provenance events carry them only as salted " +
+          "HMAC-SHA-256 digests (sensitive.digests), never in clear.",
+      ),
+  }),
+  [
+    {
+      name: "sensitive-label-exists",
+      rule: "!has(self.sensitiveLabels) || self.sensitiveLabels.all(k, has(self.labels) && k in self.labels)",
+      message: "every key in sensitiveLabels must be a key of labels",
+      fieldPath: ".sensitiveLabels",
+      holds: (a) => (a.sensitiveLabels ?? []).every((k) => a.labels !== undefined && k in a.labels),
+    },
+  ],
+).describe("The agent that will act under this task's identity.");
 
 export const DelegatorSchema = withCel(
   z.object({

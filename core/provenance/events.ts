@@ -10,7 +10,7 @@
  * named salt, so an auditor holding the salt can confirm a value without the
  * stream disclosing it.
  */
-import { createHmac } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 import { z } from "zod";
 import { ValidationError } from "../errors.ts";
 
@@ -109,9 +109,15 @@ export const EVENT_DATA_SCHEMAS = {
     /** Admission request UID and SHA-256 of the webhook's signed record of it. */
     admission: z.strictObject({ uid, recordDigest: hex64 }).optional(),
     agent: dnsLabel,
+    /** The runtime context the task declared (spec.agent): recorded, not used for authorization. */
+    model: z.strictObject({ provider: text(253), name: text(253), version: text(253) }).optional(),
+    tools: z
+      .array(z.strictObject({ name: text(253), version: text(253) }))
+      .max(256)
+      .optional(),
     scope: grants,
     ttl: text(32),
-    /** Labels not marked sensitive; sensitive ones go to `sensitive.digests`. */
+    /** Labels not marked sensitive; sensitive ones go to `sensitive.digests` as `labels.<key>`. */
     labels: z.record(text(317), z.string().max(63)).optional(),
   }),
   "dev.custody.task.delegation.verified": z.strictObject({
@@ -152,7 +158,10 @@ export const EVENT_DATA_SCHEMAS = {
     caller: z.strictObject({ kind: z.enum(["agent", "resource-server"]), name: text(512) }),
     /** How the agent's credential reached Custody. */
     credential: z.enum(["x509-svid", "jwt-svid"]),
-    /** SHA-256 of the request's context object (canonical JSON): recorded as a digest, not raw. */
+    /**
+     * Streams written before 2026-11 carried the context as a plain SHA-256
+     * (kept readable); the context is now `sensitive.digests.context`.
+     */
     contextSha256: hex64.optional(),
   }),
   /** What was done, as reported to the decision endpoint. */
@@ -164,6 +173,7 @@ export const EVENT_DATA_SCHEMAS = {
     reporter: z.strictObject({ kind: z.enum(["agent", "resource-server"]), name: text(512) }),
     /** The agent reported about itself: a claim, not an observation. */
     selfReported: z.boolean(),
+    /** As in action.decided: older streams only; now `sensitive.digests.context`. */
     contextSha256: hex64.optional(),
   }),
   "dev.custody.task.issued": z.strictObject({ ...base, certificate }),
@@ -341,6 +351,25 @@ export function isEventType(value: string): value is EventType {
 
 /** Salts shorter than this would make a dictionary attack on low-entropy values cheap. */
 export const MIN_SALT_BYTES = 16;
+
+/** A salt and the public name events cite it by (so an auditor knows which salt confirms a value). */
+export interface ProvenanceSalt {
+  readonly id: string;
+  readonly key: Uint8Array;
+}
+
+/** The salt's id: a name derived from it that discloses nothing of it (SHA-256 is one-way). */
+export function provenanceSalt(key: Uint8Array): ProvenanceSalt {
+  if (key.byteLength < MIN_SALT_BYTES) {
+    throw new ValidationError(
+      "salt",
+      "min-length",
+      `salt: must be at least ${MIN_SALT_BYTES} bytes (rule min-length)`,
+    );
+  }
+  const id = `salt-${createHash("sha256").update("custody provenance salt id\0").update(key).digest("hex").slice(0, 16)}`;
+  return { id, key };
+}
 
 /** HMAC-SHA-256(salt, UTF-8 value) in lowercase hex. */
 export function saltedDigest(salt: Uint8Array | string, value: string): string {

@@ -25,7 +25,7 @@ import { ASSERTION_ALGORITHMS, AssertionIssuerSchema, MAX_ISSUERS } from "../../
 import { INJECTED_ENV_NAMES, SVID_VOLUME_NAME } from "../../core/admission/injection.ts";
 import { DELEGATOR_KINDS } from "../../core/api/v1alpha1.ts";
 import { TTL_PATTERN } from "../../core/duration.ts";
-import { ADMISSION_KEY_SECRET, PROVENANCE_KEY_SECRET } from "../../core/names.ts";
+import { ADMISSION_KEY_SECRET, PROVENANCE_KEY_SECRET, PROVENANCE_SALT_SECRET } from "../../core/names.ts";
 import { generateCa } from "../../core/x509/ca.ts";
 import { serialFromRandom } from "../../core/x509/serial.ts";
 import { loadOperatorConfig } from "../../operator/config.ts";
@@ -533,7 +533,12 @@ describe("chart: lint, render, server-side dry-run", () => {
       rules: Array<{ resources: string[]; resourceNames?: string[]; verbs: string[] }>;
     };
     const secretNames = role.rules.find((r) => r.resources.includes("secrets"))?.resourceNames;
-    expect(secretNames).toEqual([config.caSecretName, PROVENANCE_KEY_SECRET, ADMISSION_KEY_SECRET]);
+    expect(secretNames).toEqual([
+      config.caSecretName,
+      PROVENANCE_KEY_SECRET,
+      ADMISSION_KEY_SECRET,
+      PROVENANCE_SALT_SECRET,
+    ]);
     const leaseRule = role.rules.find((r) => r.resources.includes("leases") && r.resourceNames);
     expect(leaseRule?.resourceNames).toEqual([config.leaseName]);
 

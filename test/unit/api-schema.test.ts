@@ -172,6 +172,12 @@ describe("parseAgentTaskSpec rejects bad input, naming field and rule", () => {
       "spec.delegator.name",
       "user-not-service-account",
     ],
+    [
+      "a sensitive label that is not a label",
+      withSpec({ agent: { name: "a", labels: { team: "x" }, sensitiveLabels: ["customer"] } }),
+      "spec.agent.sensitiveLabels",
+      "sensitive-label-exists",
+    ],
     ["uppercase parent", withSpec({ parentRef: { name: "Parent" } }), "spec.parentRef.name", "dns-label"],
     [
       "uppercase service account",

@@ -2,13 +2,14 @@
 // and reports, driven with fakes. Real X.509-SVIDs (test/unit/x509/fixtures.ts)
 // and real JWT-SVIDs (core/jwt/svid.ts); a fake TokenReview, a fake recorder
 // whose acknowledgements the test controls, and a fake clock.
-import { createHash } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import type { AgentPolicy, PolicyRule } from "../../core/api/policy.ts";
 import { type AgentTask, API_VERSION } from "../../core/api/v1alpha1.ts";
 import type { JwtKey } from "../../core/jwt/keys.ts";
 import { signJwtSvid } from "../../core/jwt/svid.ts";
 import { combinedVersion } from "../../core/policy/decide.ts";
+import { provenanceSalt } from "../../core/provenance/events.ts";
 import { loadCa } from "../../core/x509/ca.ts";
 import type { MintedSvid } from "../../core/x509/mint.ts";
 import { type AuthzenDeps, createAuthzenHandler } from "../../operator/authzen.ts";
@@ -86,6 +87,7 @@ function setup(over: SetupOptions = {}) {
     },
     callers: new Set([GATEWAY]),
     recorder: rec.open,
+    salt: SALT,
     reportsPerSecond: 5,
     log: createLogger({ name: "test", level: "debug", write: (l) => void logLines.push(l) }),
     now: () => clock.t,
@@ -157,6 +159,12 @@ const jwtSvid = (over: Partial<Parameters<typeof signJwtSvid>[1]> = {}, k: JwtKe
 
 const base64Der = (m: MintedSvid) => Buffer.from(m.der).toString("base64");
 const sha256 = (s: string) => createHash("sha256").update(s, "utf8").digest("hex");
+const SALT = provenanceSalt(Buffer.alloc(32, 7));
+/** What a recorded request context is: its canonical JSON as an HMAC under the installation's salt. */
+const salted = (canonical: string) => ({
+  saltId: SALT.id,
+  digests: { context: createHmac("sha256", SALT.key).update(canonical, "utf8").digest("hex") },
+});
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 function agentPolicy(name: string, rules: PolicyRule[], extra: Partial<AgentPolicy["spec"]> = {}) {
@@ -738,17 +746,18 @@ describe("the recorded decision", () => {
       resource: { type: "repo", id: "repos/acme/api" },
       caller: { kind: "resource-server", name: GATEWAY },
       credential: "jwt-svid",
-      // RFC 8785: keys sorted.
-      contextSha256: sha256('{"amount":5,"ticket":"SECRET-TICKET-4711"}'),
+      // RFC 8785: keys sorted. Salted: a plain hash of a guessed ticket number would confirm it.
+      sensitive: salted('{"amount":5,"ticket":"SECRET-TICKET-4711"}'),
     });
     const recorded = JSON.stringify(calls);
     expect(recorded).not.toContain("SECRET-TICKET-4711");
+    expect(recorded).not.toContain(sha256('{"amount":5,"ticket":"SECRET-TICKET-4711"}'));
     expect(recorded).not.toContain(token);
     expect(recorded).not.toContain(token.split(".")[2]!);
     expect(recorded).not.toContain(GATEWAY_TOKEN);
   });
 
-  it("records a denial with its reasons, and no contextSha256 without a context", async () => {
+  it("records a denial with its reasons, and no context digest without a context", async () => {
     const { handler, calls } = setup();
     await send(handler, post(EVALUATION, ask("write", "repos/acme/api")));
     expect(calls).toHaveLength(1);
@@ -758,6 +767,7 @@ describe("the recorded decision", () => {
       caller: { kind: "agent", name: SUB },
       credential: "x509-svid",
     });
+    expect(calls[0]!.data).not.toHaveProperty("sensitive");
     expect(calls[0]!.data).not.toHaveProperty("contextSha256");
   });
 
@@ -811,8 +821,8 @@ describe("Access Evaluations (batch)", () => {
       "delete:repos/acme/a",
       "read:repos/acme/c",
     ]);
-    const def = sha256('{"env":"default"}');
-    expect(recorded.map((r) => r.contextSha256)).toEqual([def, def, def, sha256('{"env":"own"}')]);
+    const def = salted('{"env":"default"}');
+    expect(recorded.map((r) => r.sensitive)).toEqual([def, def, def, salted('{"env":"own"}')]);
   });
 
   it("answers up to 64 items, and 400 for more", async () => {
@@ -928,7 +938,7 @@ describe("reports", () => {
       outcome: "success",
       reporter: { kind: "agent", name: SUB },
       selfReported: true,
-      contextSha256: sha256('{"pr":"PR-SECRET-99"}'),
+      sensitive: salted('{"pr":"PR-SECRET-99"}'),
     });
     expect(JSON.stringify(calls)).not.toContain("PR-SECRET-99");
   });

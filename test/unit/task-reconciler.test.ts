@@ -1,7 +1,7 @@
 // The issuance seam, with fakes for the I/O shells: no credential reaches a
 // Secret (or the status) before its provenance record is acknowledged, and a
 // record that fails leaves nothing behind.
-import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { createHmac, generateKeyPairSync, randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import {
   REQUESTER_RECORD_ANNOTATION,
@@ -10,11 +10,12 @@ import {
 } from "../../core/admission/record.ts";
 import type { AgentTask } from "../../core/api/v1alpha1.ts";
 import { identitySpecDigest } from "../../core/delegation.ts";
+import { parseEventInput, provenanceSalt } from "../../core/provenance/events.ts";
 import { createEs256Signer, createKeyRing } from "../../core/provenance/sign.ts";
 import { generateCa, serialFromRandom } from "../../core/x509/index.ts";
 import type { TaskEventRecorder } from "../../operator/kube-events.ts";
 import type { ProvenanceRecorder } from "../../operator/provenance.ts";
-import { CredentialIndex, createTaskReconciler } from "../../operator/task-reconciler.ts";
+import { CredentialIndex, createTaskReconciler, runtimeContext } from "../../operator/task-reconciler.ts";
 import type { TrustBundlePublisher } from "../../operator/trust-bundle.ts";
 import type { KubeRest } from "../../shells/kube/rest.ts";
 import { silentLogger } from "../../shells/log.ts";
@@ -346,5 +347,64 @@ describe("while the provenance stream is unavailable (Kafka down, or not yet ope
     await up.reconciler.reconcile("ns/t1");
     expect(up.calls).toContain("record dev.custody.task.revoked");
     expect((up.bodies[STATUS] as AgentTask).status?.phase).toBe("Revoked");
+  });
+});
+
+describe("the requested event's runtime context", () => {
+  const agent = {
+    name: "reviewer",
+    model: { provider: "anthropic", name: "claude", version: "2026-10" },
+    tools: [{ name: "git", version: "2.45" }],
+    labels: { team: "payments", customer: "ACME-Bank-0042" },
+    sensitiveLabels: ["customer"],
+  };
+
+  it("records model, tools and labels; a label marked sensitive only as an HMAC under the salt", () => {
+    const salt = provenanceSalt(Buffer.alloc(32, 9));
+    const recorded = runtimeContext(agent, salt);
+    expect(recorded).toEqual({
+      model: agent.model,
+      tools: agent.tools,
+      labels: { team: "payments" },
+      sensitive: {
+        saltId: salt.id,
+        digests: {
+          "labels.customer": createHmac("sha256", salt.key).update("ACME-Bank-0042").digest("hex"),
+        },
+      },
+    });
+    expect(JSON.stringify(recorded)).not.toContain("ACME-Bank-0042");
+    // The schema of `requested` takes it as is.
+    expect(() =>
+      parseEventInput({
+        id: "e1",
+        source: "custody.dev/operator/test",
+        type: "dev.custody.task.requested",
+        subject: "ns/t1",
+        time: new Date().toISOString(),
+        data: {
+          context: {
+            taskUid: "uid-1",
+            namespace: "ns",
+            name: "t1",
+            chainUids: ["uid-1"],
+            rootUid: "uid-1",
+            contextDigest: "0".repeat(64),
+          },
+          requester: { username: "alice" },
+          agent: "reviewer",
+          ...recorded,
+          scope: ["read:x/*"],
+          ttl: "1h",
+        },
+      }),
+    ).not.toThrow();
+  });
+
+  it("leaves a sensitive value out entirely when no salt is configured", () => {
+    const recorded = runtimeContext(agent, undefined);
+    expect(recorded.labels).toEqual({ team: "payments" });
+    expect(recorded).not.toHaveProperty("sensitive");
+    expect(JSON.stringify(recorded)).not.toContain("ACME-Bank-0042");
   });
 });
