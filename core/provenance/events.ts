@@ -117,8 +117,11 @@ export const EVENT_DATA_SCHEMAS = {
       .optional(),
     scope: grants,
     ttl: text(32),
-    /** Labels not marked sensitive; sensitive ones go to `sensitive.digests` as `labels.<key>`. */
-    labels: z.record(text(317), z.string().max(63)).optional(),
+    /**
+     * spec.agent.labels not marked sensitive (values up to the spec's 256
+     * characters); sensitive ones go to `sensitive.digests` as `labels.<key>`.
+     */
+    labels: z.record(text(317), z.string().max(256)).optional(),
   }),
   "dev.custody.task.delegation.verified": z.strictObject({
     ...base,

@@ -2,13 +2,19 @@
 // Secret (or the status) before its provenance record is acknowledged, and a
 // record that fails leaves nothing behind.
 import { createHmac, generateKeyPairSync, randomBytes } from "node:crypto";
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
   REQUESTER_RECORD_ANNOTATION,
   type RequesterRecord,
   signRequesterRecord,
 } from "../../core/admission/record.ts";
-import type { AgentTask } from "../../core/api/v1alpha1.ts";
+import {
+  AgentSchema,
+  type AgentTask,
+  IDENTIFIER_PATTERN,
+  LABEL_KEY_PATTERN,
+} from "../../core/api/v1alpha1.ts";
 import { identitySpecDigest } from "../../core/delegation.ts";
 import { parseEventInput, provenanceSalt } from "../../core/provenance/events.ts";
 import { createEs256Signer, createKeyRing } from "../../core/provenance/sign.ts";
@@ -350,12 +356,39 @@ describe("while the provenance stream is unavailable (Kafka down, or not yet ope
   });
 });
 
+/** A `requested` event around what runtimeContext recorded. */
+function requestedEvent(recorded: ReturnType<typeof runtimeContext>) {
+  return {
+    id: "e1",
+    source: "custody.dev/operator/test",
+    type: "dev.custody.task.requested",
+    subject: "ns/t1",
+    time: new Date().toISOString(),
+    data: {
+      context: {
+        taskUid: "uid-1",
+        namespace: "ns",
+        name: "t1",
+        chainUids: ["uid-1"],
+        rootUid: "uid-1",
+        contextDigest: "0".repeat(64),
+      },
+      requester: { username: "alice" },
+      agent: "reviewer",
+      ...recorded,
+      scope: ["read:x/*"],
+      ttl: "1h",
+    },
+  };
+}
+
 describe("the requested event's runtime context", () => {
   const agent = {
     name: "reviewer",
     model: { provider: "anthropic", name: "claude", version: "2026-10" },
     tools: [{ name: "git", version: "2.45" }],
-    labels: { team: "payments", customer: "ACME-Bank-0042" },
+    // The longest values the spec allows (tools and labels) pass the event's schema too.
+    labels: { team: "payments", customer: "ACME-Bank-0042", notes: "n".repeat(256) },
     sensitiveLabels: ["customer"],
   };
 
@@ -365,7 +398,7 @@ describe("the requested event's runtime context", () => {
     expect(recorded).toEqual({
       model: agent.model,
       tools: agent.tools,
-      labels: { team: "payments" },
+      labels: { team: "payments", notes: "n".repeat(256) },
       sensitive: {
         saltId: salt.id,
         digests: {
@@ -375,35 +408,39 @@ describe("the requested event's runtime context", () => {
     });
     expect(JSON.stringify(recorded)).not.toContain("ACME-Bank-0042");
     // The schema of `requested` takes it as is.
-    expect(() =>
-      parseEventInput({
-        id: "e1",
-        source: "custody.dev/operator/test",
-        type: "dev.custody.task.requested",
-        subject: "ns/t1",
-        time: new Date().toISOString(),
-        data: {
-          context: {
-            taskUid: "uid-1",
-            namespace: "ns",
-            name: "t1",
-            chainUids: ["uid-1"],
-            rootUid: "uid-1",
-            contextDigest: "0".repeat(64),
-          },
-          requester: { username: "alice" },
-          agent: "reviewer",
-          ...recorded,
-          scope: ["read:x/*"],
-          ttl: "1h",
-        },
+    expect(() => parseEventInput(requestedEvent(recorded))).not.toThrow();
+  });
+
+  it("yields data the requested event's schema accepts for every agent the spec accepts", () => {
+    const salt = provenanceSalt(Buffer.alloc(32, 3));
+    const ident = fc.stringMatching(new RegExp(IDENTIFIER_PATTERN)).filter((x) => x.length <= 128);
+    const labelKey = fc.stringMatching(new RegExp(LABEL_KEY_PATTERN)).filter((x) => x.length <= 63);
+    const agents = fc
+      .record({
+        model: fc.option(fc.record({ provider: ident, name: ident, version: ident }), { nil: undefined }),
+        tools: fc.uniqueArray(fc.record({ name: ident, version: ident }), {
+          maxLength: 64,
+          selector: (t) => t.name,
+        }),
+        labels: fc.dictionary(labelKey, fc.string({ maxLength: 256 }), { maxKeys: 32 }),
+      })
+      .chain((a) =>
+        fc
+          .subarray(Object.keys(a.labels))
+          .map((sensitiveLabels) => ({ name: "agent", ...a, sensitiveLabels })),
+      );
+    fc.assert(
+      fc.property(agents, (candidate) => {
+        const agent = AgentSchema.parse(candidate);
+        parseEventInput(requestedEvent(runtimeContext(agent, salt)));
       }),
-    ).not.toThrow();
+      { numRuns: 200 },
+    );
   });
 
   it("leaves a sensitive value out entirely when no salt is configured", () => {
     const recorded = runtimeContext(agent, undefined);
-    expect(recorded.labels).toEqual({ team: "payments" });
+    expect(recorded.labels).toEqual({ team: "payments", notes: "n".repeat(256) });
     expect(recorded).not.toHaveProperty("sensitive");
     expect(JSON.stringify(recorded)).not.toContain("ACME-Bank-0042");
   });
