@@ -908,6 +908,10 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     stage: "issuance" | "delegation" | "policy",
   ): Promise<HandlerResult> {
     await deleteCredential(task, key);
+    // The delegation's own verdict first (its counterpart of `delegation.verified`), then the task's.
+    if (stage === "delegation") {
+      await record("dev.custody.task.delegation.refused", task, { reason, message: message.slice(0, 1024) });
+    }
     await record("dev.custody.task.denied", task, { stage, reason, message: message.slice(0, 1024) });
     await writeStatus(key, task, deniedStatus(task, reason, message, t));
     deps.events.emit(target(task), "Warning", reason, "Deny", message);

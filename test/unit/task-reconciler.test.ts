@@ -218,9 +218,11 @@ describe("the requester record", () => {
         () => task(make),
       );
       await reconciler.reconcile("ns/t1");
-      // Deny removes any credential (none here), records, then writes status: never a Secret write.
+      // Deny removes any credential (none here), records the delegation refused and the task
+      // denied, then writes status: never a Secret write.
       expect(calls).toEqual([
         `DELETE ${SECRET.slice(5)}/custody-svid-t1`,
+        "record dev.custody.task.delegation.refused",
         "record dev.custody.task.denied",
         STATUS,
       ]);
