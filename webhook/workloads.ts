@@ -15,8 +15,10 @@
  *
  * Every UPDATE that changes the spec is re-authorized and re-stamped, so
  * someone who may edit the Deployment but may not use the task cannot change
- * its image (or raise its replicas, or point it at another task) and keep the
- * identity. An UPDATE that leaves the spec as it was (or only lowers
+ * its image (or raise its replicas through the spec, or point it at another
+ * task) and keep the identity. The `scale` subresource is not routed here: it
+ * cannot change the template, only how many pods of the stamped one run
+ * (docs/admission.md says why, and what that grants). An UPDATE that leaves the spec as it was (or only lowers
  * replicas) and keeps the stored stamp makes no pod that could not be made
  * before, and passes as it is: the deployment controller's revision
  * annotations and scale-downs, finalizers, the garbage collector's

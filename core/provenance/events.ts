@@ -106,7 +106,7 @@ export const EVENT_DATA_SCHEMAS = {
     ...base,
     /** The authenticated requester, as the webhook's signed admission record names it. */
     requester: userInfo,
-    /** Admission request UID and SHA-256 of the webhook's signed record of it. */
+    /** The task's UID (the object admission created) and SHA-256 of the webhook's signed requester record. */
     admission: z.strictObject({ uid, recordDigest: hex64 }).optional(),
     agent: dnsLabel,
     /** The runtime context the task declared (spec.agent): recorded, not used for authorization. */
