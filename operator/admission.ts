@@ -3,7 +3,7 @@
 // and its registration (written by the leader, which also keeps caBundle
 // current). Wiring only: the decisions live in webhook/*.
 import { ASSERTION_FIELD } from "../core/admission/assertion.ts";
-import { createRecordVerifier } from "../core/admission/record.ts";
+import { createRecordVerifier, type RecordVerifier } from "../core/admission/record.ts";
 import type { AgentTask } from "../core/api/v1alpha1.ts";
 import { ValidationError } from "../core/errors.ts";
 import type { KeyRing, Signer } from "../core/provenance/sign.ts";
@@ -43,6 +43,8 @@ export interface AdmissionHandlersInput {
   /** Parsed issuers (loadAssertionIssuers); none configured → assertions are refused. */
   assertionIssuers: Parameters<typeof createAssertionVerifier>[0];
   recordMaxSkewMs: number;
+  /** The operator's memoizing record verifier, shared so that a record is verified (and kept) once per process. */
+  verifyRecord?: RecordVerifier;
   /** No AgentTask is admitted where pods are not checked. */
   excludedNamespaces: readonly string[];
   log: Logger;
@@ -114,7 +116,7 @@ export function createAdmissionRoutes(input: AdmissionHandlersInput) {
     now,
     ...lookups,
     verifyRecordMaxSkewMs: input.recordMaxSkewMs,
-    verifyRecord: createRecordVerifier(input.keys, input.recordMaxSkewMs),
+    verifyRecord: input.verifyRecord ?? createRecordVerifier(input.keys, input.recordMaxSkewMs),
   };
   return {
     jti,

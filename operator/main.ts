@@ -322,6 +322,7 @@ async function main(): Promise<void> {
     cachedTask: (ns, name) => getTask(`${ns}/${name}`),
     assertionIssuers: loadAssertionIssuers(),
     recordMaxSkewMs: config.recordMaxSkewMs,
+    verifyRecord: recordVerifier,
     excludedNamespaces: config.webhook.excludedNamespaces,
     ca: () => ca,
     // Roots plus bundle.crt: during a CA rotation both the old and the new CA are trusted.
@@ -349,6 +350,7 @@ async function main(): Promise<void> {
     bundles,
     trustDomain: config.trustDomain,
     recordKeys: admissionKeys,
+    verifyRecord: recordVerifier,
     ...(config.failpoint
       ? {
           failpoint: (name: string) => {

@@ -15,6 +15,7 @@ import {
   DEFAULT_RECORD_MAX_SKEW_MS,
   REQUESTER_RECORD_ANNOTATION,
   RECORD_FIELD as REQUESTER_RECORD_FIELD,
+  type RecordVerifier,
   type RequesterRecord,
   statusDelegatorOf,
 } from "../core/admission/record.ts";
@@ -98,6 +99,8 @@ export interface TaskReconcilerDeps {
   trustDomain: string;
   /** Public keys of the admission webhook: a task issues only with a requester record they verify. */
   recordKeys: KeyRing;
+  /** A memoizing verifier of recordKeys to share (the webhook's); one of its own otherwise. */
+  verifyRecord?: RecordVerifier;
   /** How far the record's issuedAt may be from creationTimestamp. */
   recordMaxSkewMs?: number;
   renewJitter: number;
@@ -194,22 +197,16 @@ export function failureReason(err: unknown): string {
 
 /** How soon a task waiting for the provenance stream is tried again. */
 const PROVENANCE_RETRY_MS = 5_000;
-/** How long an acknowledgement may take before the wait shows on the task. */
+/** How long an acknowledgement may take before the attempt gives up waiting for it. */
 const ACK_PATIENCE_MS = 3_000;
 
-/** Awaits `ack`; if it takes longer than ACK_PATIENCE_MS, runs `slow` once (best effort) and goes on waiting. */
-async function untilAcknowledged(ack: Promise<void>, slow: () => Promise<void>): Promise<void> {
+/** True once `ack` resolved; false when it has not within ACK_PATIENCE_MS (it may still, later). */
+async function acknowledgedInTime(ack: Promise<void>): Promise<boolean> {
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const patience = new Promise<"slow">((resolve) => {
-    timer = setTimeout(() => resolve("slow"), ACK_PATIENCE_MS);
+  const patience = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ACK_PATIENCE_MS);
   });
-  const first = await Promise.race([ack.then(() => "acked" as const), patience]).finally(() =>
-    clearTimeout(timer),
-  );
-  if (first === "slow") {
-    await slow().catch(() => undefined);
-    await ack;
-  }
+  return Promise.race([ack.then(() => true), patience]).finally(() => clearTimeout(timer));
 }
 
 class WrittenState {
@@ -285,10 +282,13 @@ export interface TaskReconciler {
 export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
   const now = deps.now ?? Date.now;
   const written = new WrittenState();
-  const verifyRecord = createRecordVerifier(
-    deps.recordKeys,
-    deps.recordMaxSkewMs ?? DEFAULT_RECORD_MAX_SKEW_MS,
-  );
+  // Issued events appended but not acknowledged in time: until they are,
+  // Kafka is taken to be away even before a send has failed, so no attempt
+  // appends another certificate behind them.
+  let lateAcks = 0;
+  const verifyRecord =
+    deps.verifyRecord ??
+    createRecordVerifier(deps.recordKeys, deps.recordMaxSkewMs ?? DEFAULT_RECORD_MAX_SKEW_MS);
   const { rest, log } = deps;
 
   return { reconcile, observed: (key, rv) => written.observed(key, rv), recordInjected };
@@ -526,7 +526,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     }
     // No credential before its `issued` event is acknowledged: while the
     // stream cannot take one, nothing is minted and the task says why.
-    if (!deps.recorder.healthy) {
+    if (!deps.recorder.healthy || lateAcks > 0) {
       deps.metrics?.failure("ProvenanceUnavailable");
       if (!task.status?.certificate) {
         await writeStatus(
@@ -652,10 +652,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     // must not move past this record: a crash in between is settled by the
     // next leader from there (core/provenance/abandoned.ts).
     const release = deps.recorder.pin?.() ?? (() => undefined);
+    let pinned = false;
     try {
       await issueAndDeliver();
     } finally {
-      release();
+      if (!pinned) release();
     }
     async function issueAndDeliver() {
       // Recorded when a policy is in force (the default's "none" adds nothing to say).
@@ -663,24 +664,53 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       const announced = renewing
         ? record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain)
         : record("dev.custody.task.issued", task, { certificate }, chain);
-      await untilAcknowledged(announced, async () => {
-        // Kafka went away after this event was appended: it is sent (the
-        // same bytes) once Kafka is back, and only then is the credential
-        // delivered. Meanwhile a first issuance says what it waits for.
-        if (task.status?.certificate) return;
-        await writeStatus(
-          key,
-          task,
-          pendingStatus(
+      if (!(await acknowledgedInTime(announced))) {
+        // Kafka went away after this event was appended. It stays queued and
+        // is sent, with the same bytes, once Kafka is back; this attempt does
+        // not hold a worker until then (revocations and expiries must not
+        // queue behind it). Its certificate is never delivered: once the
+        // event is acknowledged it is recorded as abandoned, and a later
+        // attempt mints anew. Until then the resume offsets stay pinned, so
+        // a successor after a crash settles it instead.
+        pinned = true;
+        lateAcks++;
+        announced
+          .finally(() => {
+            lateAcks--;
+          })
+          .then(() =>
+            record(
+              "dev.custody.task.issuance.abandoned",
+              task,
+              {
+                serial: svid.serialHex,
+                reason: "Kafka acknowledged the issued event only after the attempt stopped waiting for it",
+              },
+              chain,
+              { queued: true },
+            ),
+          )
+          .catch((err: unknown) =>
+            log.warn("abandoned issuance not recorded", { object: key, error: (err as Error).message }),
+          )
+          .finally(release);
+        if (!task.status?.certificate) {
+          await writeStatus(
+            key,
             task,
-            "ProvenanceUnavailable",
-            `waiting for Kafka to acknowledge the issued event of certificate ${svid.serialHex}: ` +
-              "the credential is delivered only after it is",
-            t,
-          ),
+            pendingStatus(
+              task,
+              "ProvenanceUnavailable",
+              "waiting for the provenance stream (Kafka): no credential is issued before its issued event " +
+                "is acknowledged; issuance resumes when it is",
+              t,
+            ),
+          ).catch(() => undefined);
+        }
+        throw new ProvenanceUnavailableError(
+          `${certificate.serial}: the issued event was not acknowledged in time`,
         );
-        task = written.freshest(key, task);
-      });
+      }
       deps.failpoint?.("after-issued-ack");
 
       try {
@@ -889,10 +919,12 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     task: AgentTask,
     data: Record<string, unknown>,
     chain?: readonly ChainLink[],
+    opts: { queued?: boolean } = {},
   ): Promise<void> {
     // Fail fast rather than queue behind a failing send: the caller has
     // already deleted what must go at once, and retries the event itself.
-    if (!deps.recorder.healthy)
+    // (`queued`: an event that must be written whenever Kafka takes it.)
+    if (!opts.queued && !deps.recorder.healthy)
       throw new ProvenanceUnavailableError(`${type} not recorded: the provenance stream is unavailable`);
     const context = contextOf(task, chain);
     const subject = task.status?.spiffeID ?? `${context.namespace}/${context.name}`;

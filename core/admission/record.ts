@@ -9,6 +9,7 @@
  * spec says who is claimed; the record says who the API server authenticated
  * and how the claim was proven.
  */
+import { createHash } from "node:crypto";
 import { z } from "zod";
 import type { AgentTaskSpec, Delegator, StatusDelegator } from "../api/v1alpha1.ts";
 import { identitySpecDigest } from "../delegation.ts";
@@ -159,9 +160,11 @@ export function createRecordVerifier(
 ): RecordVerifier {
   const verified = new Map<string, RequesterRecord>();
   return (token, subject) => {
+    // The token by its SHA-256, not itself: a key holding the ~1 KB token
+    // (a fresh string per parsed task) would keep thousands of copies alive.
     const memoKey =
       typeof token === "string" && subject.uid
-        ? `${subject.uid}|${subject.creationTimestamp ?? ""}|${subject.namespace}/${subject.name}|${token}`
+        ? `${subject.uid}|${subject.creationTimestamp ?? ""}|${subject.namespace}/${subject.name}|${createHash("sha256").update(token).digest("base64url")}`
         : undefined;
     const hit = memoKey !== undefined ? verified.get(memoKey) : undefined;
     if (hit) return hit;

@@ -432,7 +432,7 @@ describe("scripts/generate.ts", () => {
     const stale = await node(["--check", "--out", dir]).catch((e: { code: number; stderr: string }) => e);
     expect(stale).toMatchObject({ code: 1 });
     expect((stale as { stderr: string }).stderr).toMatch(/stale[\s\S]*custody\.dev_agenttasks\.yaml/);
-  });
+  }, 30_000); // four generator processes: seconds each on a busy 2-core machine
 
   it("refuses unknown arguments", async () => {
     await expect(node(["--bogus"])).rejects.toMatchObject({ code: 1 });

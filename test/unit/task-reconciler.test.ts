@@ -3,7 +3,7 @@
 // record that fails leaves nothing behind.
 import { createHmac, generateKeyPairSync, randomBytes } from "node:crypto";
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import {
   REQUESTER_RECORD_ANNOTATION,
   type RequesterRecord,
@@ -96,7 +96,13 @@ function harness(
     put: async (path: string, body: unknown) => {
       calls.push(`PUT ${path}`);
       bodies[`PUT ${path}`] = body;
-      return { ...(body as object), metadata: { ...(body as AgentTask).metadata, resourceVersion: "11" } };
+      // As the API server answers a status replace: the stored object with the new status.
+      const stored = theTask();
+      return {
+        ...stored,
+        status: (body as AgentTask).status,
+        metadata: { ...stored.metadata, resourceVersion: "11" },
+      };
     },
     patch: async (path: string) => {
       calls.push(`PATCH ${path}`);
@@ -326,6 +332,44 @@ describe("while the provenance stream is unavailable (Kafka down, or not yet ope
     const up = harness(async () => {});
     await up.reconciler.reconcile("ns/t1");
     expect(up.calls).toEqual([...FIRST, "record dev.custody.task.issued", SECRET, STATUS]);
+  });
+
+  it("gives up an attempt whose issued event Kafka does not acknowledge in time; records it abandoned once it does", async () => {
+    vi.useFakeTimers();
+    try {
+      let ack!: () => void;
+      const late = new Promise<void>((r) => {
+        ack = r;
+      });
+      let first = true;
+      const { calls, bodies, reconciler } = harness(async (type) => {
+        if (type === "dev.custody.task.issued" && first) {
+          first = false;
+          return late;
+        }
+      });
+      const attempt = reconciler.reconcile("ns/t1");
+      await vi.advanceTimersByTimeAsync(3_000);
+      expect(await attempt).toEqual({ requeueAfterMs: 5_000 });
+      expect(calls).toEqual([...FIRST, "record dev.custody.task.issued", STATUS]);
+      expect((bodies[STATUS] as AgentTask).status?.conditions?.find((c) => c.type === "Ready")?.reason).toBe(
+        "ProvenanceUnavailable",
+      );
+      // While that event waits, no attempt appends another certificate behind it.
+      calls.length = 0;
+      expect(await reconciler.reconcile("ns/t1")).toEqual({ requeueAfterMs: 5_000 });
+      expect(calls.filter((c) => c.startsWith("record") || c === SECRET)).toEqual([]);
+      // Kafka takes it: the undelivered certificate is recorded as abandoned; the next attempt issues.
+      ack();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(calls).toContain("record dev.custody.task.issuance.abandoned");
+      calls.length = 0;
+      await reconciler.reconcile("ns/t1");
+      // (`requested` and `delegation.verified` again, with the same ids: recognisable duplicates.)
+      expect(calls).toEqual([...FIRST, "record dev.custody.task.issued", SECRET, STATUS]);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("still deletes a revoked task's credential at once; its event and status follow when the stream is back", async () => {
