@@ -342,6 +342,7 @@ async function main(): Promise<void> {
   const reconciler = createTaskReconciler({
     rest,
     getTask,
+    cachedResourceVersion: (key) => tasks.get(key)?.metadata.resourceVersion,
     credentials: credentialIndex,
     ca: () => ca,
     trustAnchorsPem,

@@ -88,6 +88,8 @@ export interface TaskReconcilerDeps {
   rest: KubeRest;
   /** The cached task for a key ("namespace/name"), or undefined once it is gone. */
   getTask: (key: string) => AgentTask | undefined;
+  /** The cached task's resourceVersion, without parsing it (getTask's cache). */
+  cachedResourceVersion?: (key: string) => string | undefined;
   /** The serial of each task's credential Secret as last observed or written. */
   credentials: CredentialIndex;
   ca: () => CertificateAuthority;
@@ -209,11 +211,29 @@ async function acknowledgedInTime(ack: Promise<void>): Promise<boolean> {
   return Promise.race([ack.then(() => true), patience]).finally(() => clearTimeout(timer));
 }
 
-class WrittenState {
+export class WrittenState {
   readonly #byKey = new Map<string, { rv: string; task: AgentTask }>();
+  /** `cachedRv`: the informer's resourceVersion of a key (its watch event may beat our write's response). */
+  readonly #cachedRv: (key: string) => string | undefined;
+  constructor(cachedRv: (key: string) => string | undefined = () => undefined) {
+    this.#cachedRv = cachedRv;
+  }
   remember(key: string, task: AgentTask): void {
     const rv = task.metadata.resourceVersion;
-    if (rv) this.#byKey.set(key, { rv, task });
+    if (!rv) return;
+    // Already in the cache: nothing to bridge. Kept, it would stay until the
+    // task's next reconcile (a renewal, tens of minutes on): a whole parsed
+    // object per task.
+    const cached = this.#cachedRv(key);
+    if (cached === rv || newerRv(cached, rv)) {
+      this.#byKey.delete(key);
+      return;
+    }
+    // managedFields are the API server's bookkeeping, which no reconcile reads.
+    const { managedFields: _dropped, ...metadata } = task.metadata as AgentTask["metadata"] & {
+      managedFields?: unknown;
+    };
+    this.#byKey.set(key, { rv, task: { ...task, metadata } });
   }
   /** The freshest copy: ours if the cache has not caught up with it yet. */
   freshest(key: string, cached: AgentTask): AgentTask {
@@ -281,7 +301,7 @@ export interface TaskReconciler {
 
 export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
   const now = deps.now ?? Date.now;
-  const written = new WrittenState();
+  const written = new WrittenState(deps.cachedResourceVersion);
   // Issued events appended but not acknowledged in time: until they are,
   // Kafka is taken to be away even before a send has failed, so no attempt
   // appends another certificate behind them.

@@ -21,7 +21,12 @@ import { createEs256Signer, createKeyRing } from "../../core/provenance/sign.ts"
 import { generateCa, serialFromRandom } from "../../core/x509/index.ts";
 import type { TaskEventRecorder } from "../../operator/kube-events.ts";
 import type { ProvenanceRecorder } from "../../operator/provenance.ts";
-import { CredentialIndex, createTaskReconciler, runtimeContext } from "../../operator/task-reconciler.ts";
+import {
+  CredentialIndex,
+  createTaskReconciler,
+  runtimeContext,
+  WrittenState,
+} from "../../operator/task-reconciler.ts";
 import type { TrustBundlePublisher } from "../../operator/trust-bundle.ts";
 import type { KubeRest } from "../../shells/kube/rest.ts";
 import { silentLogger } from "../../shells/log.ts";
@@ -489,5 +494,34 @@ describe("the requested event's runtime context", () => {
     expect(recorded.labels).toEqual({ team: "payments", notes: "n".repeat(256) });
     expect(recorded).not.toHaveProperty("sensitive");
     expect(JSON.stringify(recorded)).not.toContain("ACME-Bank-0042");
+  });
+});
+
+describe("WrittenState: our status writes until the informer has them", () => {
+  const withRv = (rv: string): AgentTask => {
+    const t = task();
+    t.metadata.resourceVersion = rv;
+    (t.metadata as { managedFields?: unknown }).managedFields = [{ manager: "custody", fieldsV1: {} }];
+    return t;
+  };
+
+  it("bridges a write the cache has not seen yet, without the API server's managedFields", () => {
+    const w = new WrittenState(() => "10");
+    w.remember("ns/t1", withRv("11"));
+    const fresh = w.freshest("ns/t1", withRv("10"));
+    expect(fresh.metadata.resourceVersion).toBe("11");
+    expect(fresh.metadata).not.toHaveProperty("managedFields");
+    expect(fresh.metadata.annotations?.[REQUESTER_RECORD_ANNOTATION]).toBeDefined();
+  });
+
+  it("keeps nothing when the watch event arrived before the write's response", () => {
+    let cached = "11";
+    const w = new WrittenState(() => cached);
+    w.remember("ns/t1", withRv("11"));
+    cached = "12";
+    w.remember("ns/t1", withRv("11")); // an older answer than the cache, too
+    // Nothing remembered: the cached copy is returned as it is.
+    const c = withRv("9");
+    expect(w.freshest("ns/t1", c)).toBe(c);
   });
 });
