@@ -971,9 +971,14 @@ async function main(): Promise<void> {
     // The final head, acknowledged: the next writer's stream starts anew.
     await anchorHead();
   };
+  // The Lease on a connection of its own: on the shared ones, a renewal's
+  // response can wait behind watch streams whose flow-control window a busy
+  // event loop has not drained (a burst, a namespace of thousands of tasks
+  // being deleted), and a renewal late past the deadline costs the leadership.
+  const leaseRest = new KubeRest(credentials, { connections: 1, timeoutMs: config.renewDeadlineMs });
   const elector = config.leaderElection
     ? new LeaderElector({
-        rest,
+        rest: leaseRest,
         namespace: config.namespace,
         name: config.leaseName,
         identity,
@@ -1027,6 +1032,7 @@ async function main(): Promise<void> {
     events.close();
     health.close();
     rest.close();
+    leaseRest.close();
     process.exit(0);
   };
   process.on("SIGTERM", () => void stop("SIGTERM"));
