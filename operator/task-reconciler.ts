@@ -199,6 +199,17 @@ export function failureReason(err: unknown): string {
 
 /** How soon a task waiting for the provenance stream is tried again. */
 const PROVENANCE_RETRY_MS = 5_000;
+/** Events a task has once per fact (terminal transitions, an abandoned serial): their ids derive from it. */
+const ONCE_PER_TASK: ReadonlySet<string> = new Set([
+  "dev.custody.task.delegation.refused",
+  "dev.custody.task.denied",
+  "dev.custody.task.expired",
+  "dev.custody.task.revoked",
+  "dev.custody.task.deleted",
+  "dev.custody.task.issuance.abandoned",
+  "dev.custody.task.policy.revoked",
+]);
+
 /** How long an acknowledgement may take before the attempt gives up waiting for it. */
 const ACK_PATIENCE_MS = 3_000;
 
@@ -682,8 +693,10 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       // Recorded when a policy is in force (the default's "none" adds nothing to say).
       if (policy && policy.version !== "none") await recordPolicyDecision(task, policy, policyStage, chain);
       const announced = renewing
-        ? record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain)
-        : record("dev.custody.task.issued", task, { certificate }, chain);
+        ? record("dev.custody.task.renewed", task, { certificate, previousSerial }, chain, {
+            unbounded: true,
+          })
+        : record("dev.custody.task.issued", task, { certificate }, chain, { unbounded: true });
       if (!(await acknowledgedInTime(announced))) {
         // Kafka went away after this event was appended. It stays queued and
         // is sent, with the same bytes, once Kafka is back; this attempt does
@@ -695,9 +708,6 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         pinned = true;
         lateAcks++;
         announced
-          .finally(() => {
-            lateAcks--;
-          })
           .then(() =>
             record(
               "dev.custody.task.issuance.abandoned",
@@ -713,7 +723,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
           .catch((err: unknown) =>
             log.warn("abandoned issuance not recorded", { object: key, error: (err as Error).message }),
           )
-          .finally(release);
+          .finally(() => {
+            // Only now: a new attempt's `issued` must follow this `abandoned`.
+            lateAcks--;
+            release();
+          });
         if (!task.status?.certificate) {
           await writeStatus(
             key,
@@ -939,16 +953,36 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     task: AgentTask,
     data: Record<string, unknown>,
     chain?: readonly ChainLink[],
-    opts: { queued?: boolean } = {},
+    opts: { queued?: boolean; unbounded?: boolean } = {},
   ): Promise<void> {
     // Fail fast rather than queue behind a failing send: the caller has
     // already deleted what must go at once, and retries the event itself.
     // (`queued`: an event that must be written whenever Kafka takes it.)
-    if (!opts.queued && !deps.recorder.healthy)
+    if (!opts.queued && (!deps.recorder.healthy || lateAcks > 0))
       throw new ProvenanceUnavailableError(`${type} not recorded: the provenance stream is unavailable`);
     const context = contextOf(task, chain);
     const subject = task.status?.spiffeID ?? `${context.namespace}/${context.name}`;
-    await deps.recorder.record(type, subject, { context, ...data } as never, context.rootUid);
+    // A fact a task has once gets an id derived from it: the retry of an
+    // attempt that stopped waiting appends a recognisable duplicate.
+    const id = ONCE_PER_TASK.has(type)
+      ? deterministicEventId(type, context.taskUid, JSON.stringify(data))
+      : undefined;
+    const ack = deps.recorder.record(type, subject, { context, ...data } as never, context.rootUid, id);
+    if (opts.queued || opts.unbounded) return ack;
+    if (await acknowledgedInTime(ack)) return;
+    // Kafka went away after this event was appended: it is sent (same
+    // bytes) once Kafka is back. This attempt stops waiting, so no worker is
+    // held (what takes access away was done before it recorded), and is
+    // retried; until the event is acknowledged nothing else is appended.
+    lateAcks++;
+    void ack
+      .catch(() => undefined)
+      .finally(() => {
+        lateAcks--;
+      });
+    throw new ProvenanceUnavailableError(
+      `${type} not acknowledged in time: the provenance stream is unavailable`,
+    );
   }
 
   async function denyTask(

@@ -119,9 +119,11 @@ function harness(
     },
     get: async () => ({}),
   } as unknown as KubeRest;
+  const ids: Array<{ type: string; id: string | undefined }> = [];
   const recorder: ProvenanceRecorder = {
-    record: (type) => {
+    record: (type, _subject, _data, _root, id) => {
       calls.push(`record ${type}`);
+      ids.push({ type, id });
       return record(type);
     },
     healthy,
@@ -141,7 +143,7 @@ function harness(
     renewJitter: 0.05,
     log: silentLogger,
   });
-  return { calls, bodies, reconciler };
+  return { calls, bodies, reconciler, ids };
 }
 
 const SECRET = "POST /api/v1/namespaces/ns/secrets";
@@ -372,6 +374,60 @@ describe("while the provenance stream is unavailable (Kafka down, or not yet ope
       await reconciler.reconcile("ns/t1");
       // (`requested` and `delegation.verified` again, with the same ids: recognisable duplicates.)
       expect(calls).toEqual([...FIRST, "record dev.custody.task.issued", SECRET, STATUS]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("does not hold a worker on a revocation's event Kafka does not acknowledge; the retry's event is a duplicate by id", async () => {
+    vi.useFakeTimers();
+    try {
+      const revoked = () => {
+        const t = task();
+        t.spec.revoked = true;
+        t.status = {
+          phase: "Issued",
+          certificate: {
+            serial: "0a",
+            notBefore: new Date(Date.now() - 60_000).toISOString(),
+            notAfter: new Date(Date.now() + 3_600_000).toISOString(),
+            renewalTime: new Date(Date.now() + 1_800_000).toISOString(),
+            publicKeySHA256: "0".repeat(64),
+            secretName: "custody-svid-t1",
+          },
+        };
+        return t;
+      };
+      let ack!: () => void;
+      const late = new Promise<void>((r) => {
+        ack = r;
+      });
+      let calls = 0;
+      const held = new CredentialIndex();
+      held.set("ns/t1", "0a", true);
+      const h = harness(async () => (calls++ === 0 ? late : undefined), revoked, held);
+      const attempt = h.reconciler.reconcile("ns/t1");
+      await vi.advanceTimersByTimeAsync(3_000);
+      expect(await attempt).toEqual({ requeueAfterMs: 5_000 });
+      // The credential went at once; no status before the event is acknowledged.
+      expect(h.calls).toEqual([
+        "DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1",
+        "record dev.custody.task.revoked",
+      ]);
+      // While it waits, nothing else is appended.
+      h.calls.length = 0;
+      expect(await h.reconciler.reconcile("ns/t1")).toEqual({ requeueAfterMs: 5_000 });
+      expect(h.calls.filter((c) => c.startsWith("record"))).toEqual([]);
+      ack();
+      await vi.advanceTimersByTimeAsync(0);
+      h.calls.length = 0;
+      await h.reconciler.reconcile("ns/t1");
+      expect(h.calls).toContain("record dev.custody.task.revoked");
+      expect((h.bodies[STATUS] as AgentTask).status?.phase).toBe("Revoked");
+      const ids = h.ids.filter((x) => x.type === "dev.custody.task.revoked").map((x) => x.id);
+      expect(ids).toHaveLength(2);
+      expect(ids[0]).toBeDefined();
+      expect(ids[1]).toBe(ids[0]);
     } finally {
       vi.useRealTimers();
     }
