@@ -781,45 +781,66 @@ async function main(): Promise<void> {
     await admission.register();
     await anchor.publishKey(signingKey);
     if (stopping) return;
+    // The serials Secrets hold now, before anything below deletes one: what
+    // a predecessor delivered is not "abandoned" because it was revoked since.
+    const heldAtTakeover = new Map<string, string>();
+    for (const c of tasks.list()) {
+      const serial = credentialIndex.get(objectKey(c));
+      if (serial) heldAtTakeover.set(objectKey(c), serial);
+    }
     leading = true;
     metrics.leader(true);
     // Bundles may be stale (a new CA, anchor or revocation since the last
     // leader) or missing (deleted meanwhile): settle every namespace now.
     for (const ns of new Set(tasks.list().map((c) => c.metadata.namespace))) publishRevoked(ns);
     // Overdue tasks first: a deadline that passed while no leader ran is
-    // settled (credential deleted, Expired) before anything is issued. Until
-    // the stream below is open, reconciling deletes what must go and waits
-    // for Kafka for the rest (tasks to be issued say so in a condition).
-    const enqueueAll = () => {
+    // settled (credential deleted, Expired) before anything is issued.
+    const enqueue = (which: (c: CompactTask, overdue: boolean) => boolean) => {
       const now = Date.now();
-      const all = tasks.list().map((c) => ({ key: objectKey(c), deadline: deadlineOf(c) }));
-      for (const t of all) if (t.deadline <= now) queue.add(t.key);
-      for (const t of all) if (t.deadline > now) queue.add(t.key);
+      const all = tasks.list().map((c) => ({ c, key: objectKey(c), deadline: deadlineOf(c) }));
+      for (const t of all) if (t.deadline <= now && which(t.c, true)) queue.add(t.key);
+      for (const t of all) if (t.deadline > now && which(t.c, false)) queue.add(t.key);
       return all.length;
     };
-    log.info("leading: reconciling", { epoch, tasks: enqueueAll() });
-
+    // Until the stream below is open, only what takes access away: overdue,
+    // revoked and deleted tasks (their credentials go at once; their events
+    // follow). Should Kafka keep the stream shut, every task after 5 s, so
+    // that those waiting to be issued say why.
+    enqueue((c, overdue) => {
+      const [, , , revoked, deleting] = c.state.split("|");
+      return overdue || revoked === "true" || deleting !== "";
+    });
+    const everyone = setTimeout(() => {
+      if (leading && !leaderRecorder) enqueue(() => true);
+    }, 5_000);
     const myStream = `operator/${identity}`;
-    const writer = await openProvenanceStream(epoch, myStream);
+    log.info("leading: opening the provenance stream", { stream: myStream, epoch });
+    const writer = await openProvenanceStream(epoch, myStream, heldAtTakeover).finally(() =>
+      clearTimeout(everyone),
+    );
     if (!writer) return;
     leaderRecorder = writer;
-    log.info("provenance stream open", { stream: myStream, epoch });
-    // Pods that appeared while no leader recorded them, and every task again
-    // (those that waited for the stream issue now).
+    log.info("leading: reconciling", { stream: myStream, epoch, tasks: enqueue(() => true) });
+    // Pods that appeared while no leader recorded them.
     for (const p of pods.list()) recordInjection(p);
-    enqueueAll();
   };
   /**
    * The leader's Kafka writer, its start anchored and its predecessors'
-   * tails settled; retried with backoff until Kafka answers. Undefined once
+   * tails settled. Opening is retried with backoff until Kafka answers; the
+   * steps after it reuse that writer (a second writer of the same epoch would
+   * restart the sequence: a fork), and after 5 failures the error ends
+   * leadership (the process exits; a standby takes over). Undefined once
    * this replica no longer leads.
    */
   const openProvenanceStream = async (
     epoch: number,
     myStream: string,
+    heldAtTakeover: ReadonlyMap<string, string>,
   ): Promise<ProvenanceRecorder | undefined> => {
-    for (let attempt = 1; leading && !stopping; attempt++) {
-      let writer: ProvenanceRecorder | undefined;
+    const backoff = (attempt: number) => Math.min(30_000, 1000 * 2 ** Math.min(attempt - 1, 5));
+    let writer: ProvenanceRecorder | undefined;
+    for (let attempt = 1; !writer; attempt++) {
+      if (!leading || stopping) return undefined;
       try {
         writer = await createKafkaRecorder({
           brokers: config.kafka.brokers,
@@ -833,28 +854,40 @@ async function main(): Promise<void> {
           compression: kafkaCompression,
           log: log.child("provenance"),
         });
-        // Where this writer's records begin, before its first event; then
-        // what the predecessors left: serials announced but never delivered.
-        // Only then may this writer record (and so issue) anything.
-        await anchor.start(myStream, writer.resumeOffsets?.() ?? {});
-        await settleAbandoned(writer, myStream);
-        if (leading && !stopping) return writer;
-        await writer.close();
-        return undefined;
       } catch (err) {
-        await writer?.close().catch(() => undefined);
-        const retryMs = Math.min(30_000, 1000 * 2 ** Math.min(attempt - 1, 5));
         log.warn("provenance stream not open (Kafka unreachable?); leading without issuing until it is", {
           attempt,
-          retryMs,
+          retryMs: backoff(attempt),
           error: errorText(err),
         });
-        await new Promise((r) => setTimeout(r, retryMs));
+        await new Promise((r) => setTimeout(r, backoff(attempt)));
       }
     }
-    return undefined;
+    // Where this writer's records begin, before its first event; then what
+    // the predecessors left: serials announced but never delivered. Only
+    // then may this writer record (and so issue) anything.
+    const startOffsets = writer.resumeOffsets?.() ?? {};
+    for (let attempt = 1; ; attempt++) {
+      if (!leading || stopping) {
+        await writer.close();
+        return undefined;
+      }
+      try {
+        await anchor.start(myStream, startOffsets);
+        await settleAbandoned(writer, myStream, heldAtTakeover);
+        return writer;
+      } catch (err) {
+        if (attempt >= 5) throw err;
+        log.warn("predecessors' tails not settled yet; retrying", { attempt, error: errorText(err) });
+        await new Promise((r) => setTimeout(r, backoff(attempt)));
+      }
+    }
   };
-  const settleAbandoned = async (writer: ProvenanceRecorder, myStream: string) => {
+  const settleAbandoned = async (
+    writer: ProvenanceRecorder,
+    myStream: string,
+    heldAtTakeover: ReadonlyMap<string, string>,
+  ) => {
     const streams = await anchor.unsettled(myStream);
     if (streams.length === 0 || !writer.readTail) return;
     const from = new Map<number, string>();
@@ -915,8 +948,11 @@ async function main(): Promise<void> {
       const serials = new Set<string>();
       if (t && t.metadata.uid === taskUid) {
         if (t.status?.certificate?.serial) serials.add(t.status.certificate.serial);
-        const secret = credentialIndex.get(`${namespace}/${name}`);
-        if (secret) serials.add(secret);
+        for (const held of [
+          credentialIndex.get(`${namespace}/${name}`),
+          heldAtTakeover.get(`${namespace}/${name}`),
+        ])
+          if (held) serials.add(held);
       }
       return serials;
     });
@@ -996,7 +1032,13 @@ async function main(): Promise<void> {
       })
     : undefined;
   if (elector) void elector.run();
-  else await startLeading(0);
+  // Not awaited: the stream may wait for Kafka, and the signal handlers
+  // below (which unregister the fail-closed webhooks) must be in place.
+  else
+    void startLeading(0).catch((err: unknown) => {
+      log.error("could not start leading", { error: errorText(err) });
+      process.exit(1);
+    });
 
   const stop = async (signal: string) => {
     if (stopping) return;

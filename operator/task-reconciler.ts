@@ -162,11 +162,6 @@ export class CredentialIndex {
 }
 
 /**
- * Status writes change the task's resourceVersion; until the informer has
- * seen our write, its cached copy is stale. We remember what we wrote and
- * reconcile from that instead of from the stale copy.
- */
-/**
  * What the `requested` event records of spec.agent: model, tools and labels,
  * except the values of labels marked sensitive, which appear only as HMACs
  * (`sensitive.digests["labels.<key>"]`). Without a salt they are left out.
@@ -199,6 +194,9 @@ export function failureReason(err: unknown): string {
 
 /** How soon a task waiting for the provenance stream is tried again. */
 const PROVENANCE_RETRY_MS = 5_000;
+/** How long a deleted task of another installation is left to it before its finalizer is released anyway. */
+const FOREIGN_FINALIZE_GRACE_MS = 5 * 60_000;
+
 /** Events a task has once per fact (terminal transitions, an abandoned serial): their ids derive from it. */
 const ONCE_PER_TASK: ReadonlySet<string> = new Set([
   "dev.custody.task.delegation.refused",
@@ -222,6 +220,11 @@ async function acknowledgedInTime(ack: Promise<void>): Promise<boolean> {
   return Promise.race([ack.then(() => true), patience]).finally(() => clearTimeout(timer));
 }
 
+/**
+ * Status writes change the task's resourceVersion; until the informer has
+ * seen our write, its cached copy is stale. We remember what we wrote and
+ * reconcile from that instead of from the stale copy.
+ */
 export class WrittenState {
   readonly #byKey = new Map<string, { rv: string; task: AgentTask }>();
   /** `cachedRv`: the informer's resourceVersion of a key (its watch event may beat our write's response). */
@@ -380,7 +383,17 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       // release it before its own installation recorded the revocation.
       const proven = proveRequester(task);
       if ("error" in proven && proven.foreign && !deps.credentials.issuedHere(key)) {
-        log.debug("deleted task of another installation: left to it", { object: key });
+        const since =
+          now() - Date.parse((task.metadata as { deletionTimestamp?: string }).deletionTimestamp ?? "");
+        if (since < FOREIGN_FINALIZE_GRACE_MS) {
+          log.debug("deleted task of another installation: left to it", { object: key });
+          return { requeueAfterMs: FOREIGN_FINALIZE_GRACE_MS - since };
+        }
+        // Its installation did not release it (uninstalled, or this one's
+        // admission key was replaced): the finalizer only, lest the deletion
+        // (and its namespace's) hang; nothing of ours to revoke or record.
+        log.info("deleted task of an absent installation: finalizer released", { object: key });
+        await releaseFinalizer(task);
         return;
       }
       await finalize(task, key);
@@ -1266,6 +1279,20 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     deps.credentials.set(key, undefined);
   }
 
+  async function releaseFinalizer(task: AgentTask): Promise<void> {
+    const finalizers = (task.metadata as { finalizers?: string[] }).finalizers ?? [];
+    try {
+      await rest.patch(taskPath(task.metadata.namespace ?? "", task.metadata.name), {
+        metadata: {
+          finalizers: finalizers.filter((f) => f !== FINALIZER),
+          resourceVersion: task.metadata.resourceVersion,
+        },
+      });
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  }
+
   async function finalize(task: AgentTask, key: string): Promise<void> {
     const finalizers = (task.metadata as { finalizers?: string[] }).finalizers ?? [];
     if (!finalizers.includes(FINALIZER)) return;
@@ -1278,16 +1305,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       });
     }
     await record("dev.custody.task.deleted", task, {});
-    try {
-      await rest.patch(taskPath(task.metadata.namespace ?? "", task.metadata.name), {
-        metadata: {
-          finalizers: finalizers.filter((f) => f !== FINALIZER),
-          resourceVersion: task.metadata.resourceVersion,
-        },
-      });
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-    }
+    await releaseFinalizer(task);
     written.forget(key);
     log.info("task finalized", { object: key, serial });
   }

@@ -91,7 +91,11 @@ export async function createPrivateKafka(env: LocalEnv): Promise<PrivateKafka> {
       if (child) return;
       const c = spawn("java", [...java, "kafka.Kafka", props], { stdio: ["ignore", "pipe", "pipe"] });
       child = c;
-      const keep = (b: Buffer) => output.push(...b.toString("utf8").split("\n").slice(0, 20));
+      // The last lines only: enough to say why a start failed.
+      const keep = (b: Buffer) => {
+        output.push(...b.toString("utf8").split("\n").slice(0, 20));
+        output.splice(0, Math.max(0, output.length - 50));
+      };
       c.stdout?.on("data", keep);
       c.stderr?.on("data", keep);
       const kafka = new Kafka({

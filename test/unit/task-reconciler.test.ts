@@ -305,8 +305,21 @@ describe("a task signed by another installation's admission key", () => {
       async () => {},
       deleting((t) => signedRecord(t, () => {}, createEs256Signer(otherKey))),
     );
-    await theirs.reconciler.reconcile("ns/t1");
+    expect(await theirs.reconciler.reconcile("ns/t1")).toMatchObject({ requeueAfterMs: expect.any(Number) });
     expect(theirs.calls).toEqual([]);
+
+    // Left alone only for a while: an installation gone (or a replaced key of ours) must not
+    // leave the deletion hanging. Then the finalizer alone is released: nothing deleted or recorded.
+    const longAgo = () => {
+      const t = deleting((x) => signedRecord(x, () => {}, createEs256Signer(otherKey)))();
+      (t.metadata as { deletionTimestamp?: string }).deletionTimestamp = new Date(
+        Date.now() - 6 * 60_000,
+      ).toISOString();
+      return t;
+    };
+    const orphan = harness(async () => {}, longAgo);
+    await orphan.reconciler.reconcile("ns/t1");
+    expect(orphan.calls).toEqual(["PATCH /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1"]);
 
     // Its own: the credential deleted, `deleted` recorded, then the finalizer released.
     const ours = harness(
