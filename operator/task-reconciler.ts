@@ -572,19 +572,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     // stream cannot take one, nothing is minted and the task says why.
     if (!deps.recorder.healthy || lateAcks > 0) {
       deps.metrics?.failure("ProvenanceUnavailable");
-      if (!task.status?.certificate) {
-        await writeStatus(
-          key,
-          task,
-          pendingStatus(
-            task,
-            "ProvenanceUnavailable",
-            "waiting for the provenance stream (Kafka): no credential is issued before its issued event " +
-              "is acknowledged; issuance resumes when it is",
-            t,
-          ),
-        );
-      }
+      await sayWaitingForProvenance(task, key, t);
       return { requeueAfterMs: PROVENANCE_RETRY_MS };
     }
     if (!(task.metadata as { finalizers?: string[] }).finalizers?.includes(FINALIZER)) {
@@ -741,19 +729,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
             lateAcks--;
             release();
           });
-        if (!task.status?.certificate) {
-          await writeStatus(
-            key,
-            task,
-            pendingStatus(
-              task,
-              "ProvenanceUnavailable",
-              "waiting for the provenance stream (Kafka): no credential is issued before its issued event " +
-                "is acknowledged; issuance resumes when it is",
-              t,
-            ),
-          ).catch(() => undefined);
-        }
+        await sayWaitingForProvenance(task, key, t).catch(() => undefined);
         throw new ProvenanceUnavailableError(
           `${certificate.serial}: the issued event was not acknowledged in time`,
         );
@@ -1277,6 +1253,22 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       if (!isNotFound(err)) throw err;
     }
     deps.credentials.set(key, undefined);
+  }
+
+  /** A task awaiting its first credential says that it waits for Kafka (one that holds one keeps its status). */
+  async function sayWaitingForProvenance(task: AgentTask, key: string, t: number): Promise<void> {
+    if (task.status?.certificate) return;
+    await writeStatus(
+      key,
+      task,
+      pendingStatus(
+        task,
+        "ProvenanceUnavailable",
+        "waiting for the provenance stream (Kafka): no credential is issued before its issued event " +
+          "is acknowledged; issuance resumes when it is",
+        t,
+      ),
+    );
   }
 
   async function releaseFinalizer(task: AgentTask): Promise<void> {

@@ -84,6 +84,29 @@ function task(record?: (t: AgentTask) => string | undefined): AgentTask {
   return t;
 }
 
+/** `t` Issued, holding certificate 0a for another hour. */
+function holding(t: AgentTask): AgentTask {
+  t.status = {
+    phase: "Issued",
+    certificate: {
+      serial: "0a",
+      notBefore: new Date(Date.now() - 60_000).toISOString(),
+      notAfter: new Date(Date.now() + 3_600_000).toISOString(),
+      renewalTime: new Date(Date.now() + 1_800_000).toISOString(),
+      publicKeySHA256: "0".repeat(64),
+      secretName: "custody-svid-t1",
+    },
+  };
+  return t;
+}
+
+/** An Issued task its platform team has just revoked (spec.revoked). */
+function revokedHolding(): AgentTask {
+  const t = holding(task());
+  t.spec.revoked = true;
+  return t;
+}
+
 function harness(
   record: (type: string) => Promise<void>,
   theTask: () => AgentTask = () => task(),
@@ -263,21 +286,7 @@ describe("a task signed by another installation's admission key", () => {
 
   it("is revoked when this installation issued it (a lost key must not park a credential)", async () => {
     const otherKey = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
-    const issued = () => {
-      const t = task((x) => signedRecord(x, () => {}, createEs256Signer(otherKey)));
-      t.status = {
-        phase: "Issued",
-        certificate: {
-          serial: "0a",
-          notBefore: new Date(Date.now() - 60_000).toISOString(),
-          notAfter: new Date(Date.now() + 3_600_000).toISOString(),
-          renewalTime: new Date(Date.now() + 1_800_000).toISOString(),
-          publicKeySHA256: "0".repeat(64),
-          secretName: "custody-svid-t1",
-        },
-      };
-      return t;
-    };
+    const issued = () => holding(task((x) => signedRecord(x, () => {}, createEs256Signer(otherKey))));
     // Its Secret names this installation's CA.
     const mine = new CredentialIndex();
     mine.set("ns/t1", "0a", true);
@@ -395,22 +404,7 @@ describe("while the provenance stream is unavailable (Kafka down, or not yet ope
   it("does not hold a worker on a revocation's event Kafka does not acknowledge; the retry's event is a duplicate by id", async () => {
     vi.useFakeTimers();
     try {
-      const revoked = () => {
-        const t = task();
-        t.spec.revoked = true;
-        t.status = {
-          phase: "Issued",
-          certificate: {
-            serial: "0a",
-            notBefore: new Date(Date.now() - 60_000).toISOString(),
-            notAfter: new Date(Date.now() + 3_600_000).toISOString(),
-            renewalTime: new Date(Date.now() + 1_800_000).toISOString(),
-            publicKeySHA256: "0".repeat(64),
-            secretName: "custody-svid-t1",
-          },
-        };
-        return t;
-      };
+      const revoked = revokedHolding;
       let ack!: () => void;
       const late = new Promise<void>((r) => {
         ack = r;
@@ -447,22 +441,7 @@ describe("while the provenance stream is unavailable (Kafka down, or not yet ope
   });
 
   it("still deletes a revoked task's credential at once; its event and status follow when the stream is back", async () => {
-    const revoked = () => {
-      const t = task();
-      t.spec.revoked = true;
-      t.status = {
-        phase: "Issued",
-        certificate: {
-          serial: "0a",
-          notBefore: new Date(Date.now() - 60_000).toISOString(),
-          notAfter: new Date(Date.now() + 3_600_000).toISOString(),
-          renewalTime: new Date(Date.now() + 1_800_000).toISOString(),
-          publicKeySHA256: "0".repeat(64),
-          secretName: "custody-svid-t1",
-        },
-      };
-      return t;
-    };
+    const revoked = revokedHolding;
     const held = new CredentialIndex();
     held.set("ns/t1", "0a", true);
     const down = harness(async () => {}, revoked, held, false);
