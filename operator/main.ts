@@ -869,7 +869,7 @@ async function main(): Promise<void> {
     const startOffsets = writer.resumeOffsets?.() ?? {};
     for (let attempt = 1; ; attempt++) {
       if (!leading || stopping) {
-        await writer.close();
+        await writer.close().catch(() => undefined);
         return undefined;
       }
       try {

@@ -385,9 +385,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       if ("error" in proven && proven.foreign && !deps.credentials.issuedHere(key)) {
         const since =
           now() - Date.parse((task.metadata as { deletionTimestamp?: string }).deletionTimestamp ?? "");
-        if (since < FOREIGN_FINALIZE_GRACE_MS) {
+        // One that was issued stays its installation's, however long (its
+        // revocation is for it to record): only a never-issued task is let go.
+        if (since < FOREIGN_FINALIZE_GRACE_MS || task.status?.certificate) {
           log.debug("deleted task of another installation: left to it", { object: key });
-          return { requeueAfterMs: FOREIGN_FINALIZE_GRACE_MS - since };
+          return { requeueAfterMs: Math.max(60_000, FOREIGN_FINALIZE_GRACE_MS - since) };
         }
         // Its installation did not release it (uninstalled, or this one's
         // admission key was replaced): the finalizer only, lest the deletion
@@ -562,9 +564,11 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
     // ---- issue or renew
     if (policy && !policy.allowed) {
+      const holds = task.status?.phase === "Issued" || deps.credentials.get(key) !== undefined;
+      // What takes access away first: the events follow (and may wait for Kafka).
+      await deleteCredential(task, key);
       await recordPolicyDecision(task, policy, decision.why === "RenewalDue" ? "renewal" : "issuance");
       const message = `denied by policy: ${policy.reasons.join("; ")}`.slice(0, 4096);
-      const holds = task.status?.phase === "Issued" || deps.credentials.get(key) !== undefined;
       if (holds) return revokeByPolicy(task, key, policy, message, t);
       return denyTask(task, key, "PolicyDenied", message, t, "policy");
     }
@@ -706,29 +710,10 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         // event is acknowledged it is recorded as abandoned, and a later
         // attempt mints anew. Until then the resume offsets stay pinned, so
         // a successor after a crash settles it instead.
-        pinned = true;
-        lateAcks++;
-        announced
-          .then(() =>
-            record(
-              "dev.custody.task.issuance.abandoned",
-              task,
-              {
-                serial: svid.serialHex,
-                reason: "Kafka acknowledged the issued event only after the attempt stopped waiting for it",
-              },
-              chain,
-              { queued: true },
-            ),
-          )
-          .catch((err: unknown) =>
-            log.warn("abandoned issuance not recorded", { object: key, error: (err as Error).message }),
-          )
-          .finally(() => {
-            // Only now: a new attempt's `issued` must follow this `abandoned`.
-            lateAcks--;
-            release();
-          });
+        abandonOnceAcknowledged(
+          announced,
+          "Kafka acknowledged the issued event only after the attempt stopped waiting for it",
+        );
         await sayWaitingForProvenance(task, key, t).catch(() => undefined);
         throw new ProvenanceUnavailableError(
           `${certificate.serial}: the issued event was not acknowledged in time`,
@@ -744,21 +729,40 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       } catch (err) {
         // Announced but not delivered: say so now (the retry mints anew). A
         // crash here instead is settled by the next leader (core/provenance/abandoned.ts).
-        await record(
-          "dev.custody.task.issuance.abandoned",
-          task,
-          {
-            serial: svid.serialHex,
-            // Only the status code and reason: an API error's message may echo object fields.
-            reason:
-              err instanceof KubeApiError
-                ? `the credential Secret could not be written (${err.code} ${err.reason})`
-                : "the credential was not delivered (its JWT-SVIDs' event or the Secret write failed)",
-          },
-          chain,
-        ).catch(() => undefined);
+        abandonOnceAcknowledged(
+          announced,
+          // Only the status code and reason: an API error's message may echo object fields.
+          err instanceof KubeApiError
+            ? `the credential Secret could not be written (${err.code} ${err.reason})`
+            : "the credential was not delivered (its JWT-SVIDs' event or the Secret write failed)",
+        );
         throw err;
       }
+    }
+    /**
+     * Records this attempt's serial as abandoned once its `issued` event is
+     * acknowledged, whenever Kafka takes it (queued: not refused while the
+     * stream is unhealthy). Until then nothing else is appended (lateAcks)
+     * and the resume offsets stay pinned, so a successor after a crash
+     * settles the serial instead.
+     */
+    function abandonOnceAcknowledged(acknowledged: Promise<void>, reason: string): void {
+      pinned = true;
+      lateAcks++;
+      acknowledged
+        .then(() =>
+          record("dev.custody.task.issuance.abandoned", task, { serial: svid.serialHex, reason }, chain, {
+            queued: true,
+          }),
+        )
+        .catch((err: unknown) =>
+          log.warn("abandoned issuance not recorded", { object: key, error: (err as Error).message }),
+        )
+        .finally(() => {
+          // Only now: a new attempt's `issued` must follow this `abandoned`.
+          lateAcks--;
+          release();
+        });
     }
 
     const nowIso = new Date(t).toISOString();
@@ -953,9 +957,19 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     const subject = task.status?.spiffeID ?? `${context.namespace}/${context.name}`;
     // A fact a task has once gets an id derived from it: the retry of an
     // attempt that stopped waiting appends a recognisable duplicate.
-    const id = ONCE_PER_TASK.has(type)
-      ? deterministicEventId(type, context.taskUid, JSON.stringify(data))
-      : undefined;
+    // (The generation too: a denial re-judged after an edit is another fact,
+    // even in the same words. An abandoned serial is one fact whatever the reason.)
+    const id =
+      type === "dev.custody.task.issuance.abandoned"
+        ? deterministicEventId("abandoned", context.taskUid, String(data.serial))
+        : ONCE_PER_TASK.has(type)
+          ? deterministicEventId(
+              type,
+              context.taskUid,
+              String(task.metadata.generation ?? 0),
+              JSON.stringify(data),
+            )
+          : undefined;
     const ack = deps.recorder.record(type, subject, { context, ...data } as never, context.rootUid, id);
     if (opts.queued || opts.unbounded) return ack;
     if (await acknowledgedInTime(ack)) return;
@@ -1001,9 +1015,12 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     message: string,
     t: number,
   ): Promise<HandlerResult> {
+    // The credential first, then the events (cascadeRevoke deletes it again: a 404 is fine).
+    const serials = liveSerials(task, t);
+    await deleteCredential(task, key);
     await record("dev.custody.task.policy.revoked", task, {
       policyVersion: policy.version,
-      serials: liveSerials(task, t),
+      serials,
       reasons: eventReasons(policy.reasons),
     });
     return cascadeRevoke(task, key, "PolicyRevoked", message, t);

@@ -472,7 +472,9 @@ describe("policy at issuance", () => {
     const h = harness({ task: task({ agent: { name: "agent", model } }), policies: store });
     await h.reconciler.reconcile(KEY);
 
+    // The credential goes before anything is recorded (the second DELETE, of denying, finds none).
     expect(h.calls).toEqual([
+      SECRET_DELETE,
       "record dev.custody.task.policy.decided",
       SECRET_DELETE,
       "record dev.custody.task.denied",
@@ -593,6 +595,7 @@ describe("a policy change while a credential is held", () => {
     await h.reconciler.reconcile(KEY);
 
     expect(h.calls).toEqual([
+      SECRET_DELETE,
       "record dev.custody.task.policy.revoked",
       SECRET_DELETE,
       "record dev.custody.task.revoked",

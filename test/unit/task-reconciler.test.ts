@@ -330,6 +330,14 @@ describe("a task signed by another installation's admission key", () => {
     await orphan.reconciler.reconcile("ns/t1");
     expect(orphan.calls).toEqual(["PATCH /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1"]);
 
+    // One its installation issued stays its own, however long: its revocation is for it to record.
+    const issuedLongAgo = harness(
+      async () => {},
+      () => holding(longAgo()),
+    );
+    expect(await issuedLongAgo.reconciler.reconcile("ns/t1")).toMatchObject({ requeueAfterMs: 60_000 });
+    expect(issuedLongAgo.calls).toEqual([]);
+
     // Its own: the credential deleted, `deleted` recorded, then the finalizer released.
     const ours = harness(
       async () => {},
@@ -341,6 +349,27 @@ describe("a task signed by another installation's admission key", () => {
       "record dev.custody.task.deleted",
       "PATCH /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1",
     ]);
+  });
+});
+
+describe("ids of terminal events", () => {
+  it("are the same for a retry of one fact, and differ once the task was edited and judged again", async () => {
+    const unproven = (generation: number) => () => {
+      const t = task(() => undefined); // no requester record: Denied, RequesterUnproven
+      t.metadata.generation = generation;
+      return t;
+    };
+    const idsOf = async (generation: number) => {
+      const h = harness(async () => {}, unproven(generation));
+      await h.reconciler.reconcile("ns/t1");
+      return h.ids.filter((x) => x.type === "dev.custody.task.denied").map((x) => x.id);
+    };
+    const [first] = await idsOf(1);
+    const [again] = await idsOf(1);
+    const [edited] = await idsOf(2);
+    expect(first).toBeDefined();
+    expect(again).toBe(first);
+    expect(edited).not.toBe(first);
   });
 });
 
