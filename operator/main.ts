@@ -774,11 +774,14 @@ async function main(): Promise<void> {
   });
 
   let stopping = false;
+  // A registration in flight when a signal comes: unregistering waits for it to land.
+  let registering: Promise<unknown> = Promise.resolve();
   const startLeading = async (epoch: number) => {
     // Admission and the provenance key first: neither needs Kafka, and a
     // leader waiting for Kafka must not take the fail-closed webhook (or the
     // settling of overdue tasks) down with it.
-    await admission.register();
+    registering = admission.register();
+    await registering;
     await anchor.publishKey(signingKey);
     if (stopping) return;
     // The serials Secrets hold now, before anything below deletes one: what
@@ -808,7 +811,10 @@ async function main(): Promise<void> {
     // that those waiting to be issued say why.
     enqueue((c, overdue) => {
       const [, , , revoked, deleting] = c.state.split("|");
-      return overdue || revoked === "true" || deleting !== "";
+      const urgent = overdue || revoked === "true" || deleting !== "";
+      // Their subtrees too: a cascade deletes the descendants' credentials.
+      if (urgent) enqueueDescendants(objectKey(c));
+      return urgent;
     });
     const everyone = setTimeout(() => {
       if (leading && !leaderRecorder) enqueue(() => true);
@@ -1047,6 +1053,7 @@ async function main(): Promise<void> {
     // Before the lease is released: a successor registers its own endpoint,
     // which this removal must not delete.
     if (config.webhook.removeOnExit) {
+      await registering.catch(() => undefined);
       await admission
         .unregister()
         .then(
