@@ -564,13 +564,13 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
     // ---- issue or renew
     if (policy && !policy.allowed) {
-      const holds = task.status?.phase === "Issued" || deps.credentials.get(key) !== undefined;
-      // What takes access away first: the events follow (and may wait for Kafka).
-      await deleteCredential(task, key);
-      await recordPolicyDecision(task, policy, decision.why === "RenewalDue" ? "renewal" : "issuance");
+      // Recorded after the credential is gone (denyTask, cascadeRevoke), before the verdict.
+      const decided = () =>
+        recordPolicyDecision(task, policy, decision.why === "RenewalDue" ? "renewal" : "issuance");
       const message = `denied by policy: ${policy.reasons.join("; ")}`.slice(0, 4096);
-      if (holds) return revokeByPolicy(task, key, policy, message, t);
-      return denyTask(task, key, "PolicyDenied", message, t, "policy");
+      const holds = task.status?.phase === "Issued" || deps.credentials.get(key) !== undefined;
+      if (holds) return revokeByPolicy(task, key, policy, message, t, decided);
+      return denyTask(task, key, "PolicyDenied", message, t, "policy", decided);
     }
     // No credential before its `issued` event is acknowledged: while the
     // stream cannot take one, nothing is minted and the task says why.
@@ -995,8 +995,12 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     message: string,
     t: number,
     stage: "issuance" | "delegation" | "policy",
+    /** Events that explain the verdict, recorded once the credential is gone. */
+    before?: () => Promise<unknown>,
   ): Promise<HandlerResult> {
+    // What takes access away first: the events follow (and may wait for Kafka).
     await deleteCredential(task, key);
+    await before?.();
     // The delegation's own verdict first (its counterpart of `delegation.verified`), then the task's.
     if (stage === "delegation") {
       await record("dev.custody.task.delegation.refused", task, { reason, message: message.slice(0, 1024) });
@@ -1014,16 +1018,16 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     policy: PolicyDecision,
     message: string,
     t: number,
+    before?: () => Promise<unknown>,
   ): Promise<HandlerResult> {
-    // The credential first, then the events (cascadeRevoke deletes it again: a 404 is fine).
-    const serials = liveSerials(task, t);
-    await deleteCredential(task, key);
-    await record("dev.custody.task.policy.revoked", task, {
-      policyVersion: policy.version,
-      serials,
-      reasons: eventReasons(policy.reasons),
+    return cascadeRevoke(task, key, "PolicyRevoked", message, t, async () => {
+      await before?.();
+      await record("dev.custody.task.policy.revoked", task, {
+        policyVersion: policy.version,
+        serials: liveSerials(task, t),
+        reasons: eventReasons(policy.reasons),
+      });
     });
-    return cascadeRevoke(task, key, "PolicyRevoked", message, t);
   }
 
   /** An ancestor was revoked, expired, deleted or replaced: this task's credential goes too. */
@@ -1033,9 +1037,12 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     reason: string,
     message: string,
     t: number,
+    /** Events that explain the revocation, recorded once the credential is gone. */
+    before?: () => Promise<unknown>,
   ): Promise<HandlerResult> {
     const serials = liveSerials(task, t);
     await deleteCredential(task, key);
+    await before?.();
     const ancestorUid = deadAncestorUid(task, (n) => deps.getTask(`${task.metadata.namespace ?? ""}/${n}`));
     await record("dev.custody.task.revoked", task, {
       serials,

@@ -472,11 +472,10 @@ describe("policy at issuance", () => {
     const h = harness({ task: task({ agent: { name: "agent", model } }), policies: store });
     await h.reconciler.reconcile(KEY);
 
-    // The credential goes before anything is recorded (the second DELETE, of denying, finds none).
+    // The credential goes before anything is recorded.
     expect(h.calls).toEqual([
       SECRET_DELETE,
       "record dev.custody.task.policy.decided",
-      SECRET_DELETE,
       "record dev.custody.task.denied",
       STATUS,
     ]);
@@ -597,7 +596,6 @@ describe("a policy change while a credential is held", () => {
     expect(h.calls).toEqual([
       SECRET_DELETE,
       "record dev.custody.task.policy.revoked",
-      SECRET_DELETE,
       "record dev.custody.task.revoked",
       STATUS,
     ]);
