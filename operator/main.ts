@@ -798,7 +798,7 @@ async function main(): Promise<void> {
     for (const ns of new Set(tasks.list().map((c) => c.metadata.namespace))) publishRevoked(ns);
     // Overdue tasks first: a deadline that passed while no leader ran is
     // settled (credential deleted, Expired) before anything is issued.
-    const enqueue = (which: (c: CompactTask, overdue: boolean) => boolean) => {
+    const enqueueTasks = (which: (c: CompactTask, overdue: boolean) => boolean) => {
       const now = Date.now();
       const all = tasks.list().map((c) => ({ c, key: objectKey(c), deadline: deadlineOf(c) }));
       for (const t of all) if (t.deadline <= now && which(t.c, true)) queue.add(t.key);
@@ -809,7 +809,7 @@ async function main(): Promise<void> {
     // revoked and deleted tasks (their credentials go at once; their events
     // follow). Should Kafka keep the stream shut, every task after 5 s, so
     // that those waiting to be issued say why.
-    enqueue((c, overdue) => {
+    enqueueTasks((c, overdue) => {
       const [, , , revoked, deleting] = c.state.split("|");
       const urgent = overdue || revoked === "true" || deleting !== "";
       // Their subtrees too: a cascade deletes the descendants' credentials.
@@ -817,7 +817,7 @@ async function main(): Promise<void> {
       return urgent;
     });
     const everyone = setTimeout(() => {
-      if (leading && !leaderRecorder) enqueue(() => true);
+      if (leading && !leaderRecorder) enqueueTasks(() => true);
     }, 5_000);
     const myStream = `operator/${identity}`;
     log.info("leading: opening the provenance stream", { stream: myStream, epoch });
@@ -826,7 +826,7 @@ async function main(): Promise<void> {
     );
     if (!writer) return;
     leaderRecorder = writer;
-    log.info("leading: reconciling", { stream: myStream, epoch, tasks: enqueue(() => true) });
+    log.info("leading: reconciling", { stream: myStream, epoch, tasks: enqueueTasks(() => true) });
     // Pods that appeared while no leader recorded them.
     for (const p of pods.list()) recordInjection(p);
   };
