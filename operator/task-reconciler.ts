@@ -539,7 +539,9 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         if (decision.kind === "expire") {
           await record("dev.custody.task.expired", task, {
             serial: serial ?? "0",
-            notAfter: task.status?.certificate?.notAfter ?? new Date(t).toISOString(),
+            // Without a certificate, the deadline it could not outlive (not
+            // the clock: a retry must derive the same event id).
+            notAfter: task.status?.certificate?.notAfter ?? task.spec.deadline ?? new Date(t).toISOString(),
           });
         } else {
           await record("dev.custody.task.revoked", task, {

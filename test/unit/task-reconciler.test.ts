@@ -371,6 +371,33 @@ describe("ids of terminal events", () => {
     expect(again).toBe(first);
     expect(edited).not.toBe(first);
   });
+
+  it("are the same for a retried expiry of a task that holds no certificate (not derived from the clock)", async () => {
+    const deadline = new Date(Date.now() - 60_000).toISOString();
+    const issuedWithoutCertificate = () => {
+      const t = task(() => undefined);
+      t.spec.deadline = deadline;
+      t.metadata.annotations = { [REQUESTER_RECORD_ANNOTATION]: signedRecord(t) };
+      t.status = { phase: "Issued" };
+      return t;
+    };
+    vi.useFakeTimers();
+    try {
+      const expiredEvents = async () => {
+        const h = harness(async () => {}, issuedWithoutCertificate);
+        await h.reconciler.reconcile("ns/t1");
+        expect((h.bodies[STATUS] as AgentTask).status?.phase).toBe("Expired");
+        return h.ids.filter((x) => x.type === "dev.custody.task.expired").map((x) => x.id);
+      };
+      const [first] = await expiredEvents();
+      vi.setSystemTime(Date.now() + 7_000); // a restart's retry, seconds later
+      const [again] = await expiredEvents();
+      expect(first).toBeDefined();
+      expect(again).toBe(first);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
 });
 
 describe("while the provenance stream is unavailable (Kafka down, or not yet open after a takeover)", () => {
