@@ -776,6 +776,33 @@ async function main(): Promise<void> {
   let stopping = false;
   // A registration in flight when a signal comes: unregistering waits for it to land.
   let registering: Promise<unknown> = Promise.resolve();
+  /**
+   * With CUSTODY_WEBHOOK_REMOVE_ON_EXIT (`make run`), takes the fail-closed
+   * webhooks away, so that a local cluster is not left refusing every
+   * AgentTask write once this process is gone. Only while no successor can
+   * have registered its own endpoint under the same name: on a signal (the
+   * lease is released after this), or when taking over failed (the lease is
+   * still ours), never after the lease was lost.
+   */
+  const unregisterOnExit = async (): Promise<void> => {
+    if (!config.webhook.removeOnExit) return;
+    await registering.catch(() => undefined);
+    await admission
+      .unregister()
+      .then(
+        (removed) =>
+          removed && log.info("admission webhooks unregistered", { name: config.webhook.configName }),
+      )
+      .catch((err: unknown) =>
+        log.warn("could not unregister the admission webhooks", { error: errorText(err) }),
+      );
+  };
+  /** Exits after a failed takeover; the webhooks go first when asked (bounded: the exit must happen). */
+  const exitAfterFailedTakeover = (err: unknown): void => {
+    log.error("could not start leading", { error: errorText(err) });
+    const bound = new Promise((r) => setTimeout(r, 5_000).unref());
+    void Promise.race([unregisterOnExit(), bound]).finally(() => process.exit(1));
+  };
   const startLeading = async (epoch: number) => {
     // Admission and the provenance key first: neither needs Kafka, and a
     // leader waiting for Kafka must not take the fail-closed webhook (or the
@@ -1028,11 +1055,7 @@ async function main(): Promise<void> {
         renewDeadlineMs: config.renewDeadlineMs,
         retryPeriodMs: config.retryPeriodMs,
         log: log.child("leader-election"),
-        onStartedLeading: (epoch) =>
-          startLeading(epoch).catch((err: unknown) => {
-            log.error("could not start leading", { error: errorText(err) });
-            process.exit(1);
-          }),
+        onStartedLeading: (epoch) => startLeading(epoch).catch(exitAfterFailedTakeover),
         onStoppedLeading: stopLeading,
         onNewLeader: (holder) => log.info("leader", { holder, self: holder === identity }),
       })
@@ -1040,11 +1063,7 @@ async function main(): Promise<void> {
   if (elector) void elector.run();
   // Not awaited: the stream may wait for Kafka, and the signal handlers
   // below (which unregister the fail-closed webhooks) must be in place.
-  else
-    void startLeading(0).catch((err: unknown) => {
-      log.error("could not start leading", { error: errorText(err) });
-      process.exit(1);
-    });
+  else void startLeading(0).catch(exitAfterFailedTakeover);
 
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -1052,18 +1071,7 @@ async function main(): Promise<void> {
     log.info("stopping", { signal });
     // Before the lease is released: a successor registers its own endpoint,
     // which this removal must not delete.
-    if (config.webhook.removeOnExit) {
-      await registering.catch(() => undefined);
-      await admission
-        .unregister()
-        .then(
-          (removed) =>
-            removed && log.info("admission webhooks unregistered", { name: config.webhook.configName }),
-        )
-        .catch((err: unknown) =>
-          log.warn("could not unregister the admission webhooks", { error: errorText(err) }),
-        );
-    }
+    await unregisterOnExit();
     // Drains in-flight reconciles, closes the writer, then releases the lease
     // so that a standby takes over at once.
     if (elector) await elector.stop();
