@@ -111,6 +111,14 @@ function rssMb(pid: number): number {
   return kb / 1024;
 }
 
+/** Where the RSS is: anonymous memory (heaps, malloc) versus mapped files (code), in MB. */
+function rssParts(pid: number): string {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const mb = (field: string) =>
+    (Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? 0) / 1024).toFixed(0);
+  return `anonymous ${mb("RssAnon")} MB, mapped files ${mb("RssFile")} MB (mostly the node binary), threads ${/Threads:\s+(\d+)/.exec(status)?.[1]}`;
+}
+
 async function main(): Promise<void> {
   await installCustody(env);
   // The bench's own webhook registration, scoped to its namespace by a label.
@@ -236,6 +244,7 @@ async function main(): Promise<void> {
   const fillSeconds = (performance.now() - f0) / 1000;
   await new Promise((r) => setTimeout(r, 5000));
   const rss = rssMb(pid);
+  const parts = rssParts(pid);
   const metricsText = await (await fetch(`http://127.0.0.1:${operator.healthPort}/metrics`)).text();
   const metric = (name: string) =>
     Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metricsText)?.[1] ?? Number.NaN) / 1e6;
@@ -256,7 +265,7 @@ async function main(): Promise<void> {
       `(${(rest10k.length / fillSeconds).toFixed(0)} tasks/s sustained)`,
   );
   console.log(
-    `operator RSS with ${issued.size} tasks issued: ${rss.toFixed(0)} MB ` +
+    `operator RSS with ${issued.size} tasks issued: ${rss.toFixed(0)} MB (${parts}) ` +
       `(V8 heap used ${metric("nodejs_heap_size_used_bytes").toFixed(0)} MB of ${metric("nodejs_heap_size_total_bytes").toFixed(0)} MB, ` +
       `external ${metric("nodejs_external_memory_bytes").toFixed(0)} MB; node flags: ${process.env.CUSTODY_BENCH_NODE_ARGS ?? OPERATOR_NODE_FLAGS})`,
   );
