@@ -365,6 +365,8 @@ async function main(): Promise<void> {
     renewJitter: config.renewJitter,
     maxChainDepth: config.maxChainDepth,
     salt,
+    // Defined below with the revocation list; called only once reconciling runs.
+    credentialWithdrawn: (t) => rememberWithdrawn(t),
     jwt: createJwtSvidMinter({
       settings: { issuer: config.oidc.issuer, ttlMs: config.jwt.ttlMs, signing: () => jwtKeys.signing() },
       trustDomain: config.trustDomain,
@@ -393,10 +395,12 @@ async function main(): Promise<void> {
 
   // Revoked certificates that have not expired yet, per namespace, in the
   // trust bundle; entries leave it once their notAfter passes. Sources: the
-  // Revoked tasks in the cache, certificates of tasks deleted while they
-  // held them (remembered here), and what the ConfigMap already lists (so a
-  // revocation outlives its task and a restart of the operator).
-  const goneRevoked = new Map<string, Map<string, string>>();
+  // Revoked tasks in the cache, certificates whose Secret was deleted to take
+  // access away (remembered here: at once, before the task's status says so,
+  // which waits for Kafka; and after the task itself is gone), and what the
+  // ConfigMap already lists (so a revocation outlives its task and a restart
+  // of the operator).
+  const withdrawn = new Map<string, Map<string, string>>();
   const revokedLines = (t: AgentTask, now: number): Array<[string, string]> => {
     const c = t.status?.certificate;
     if (!c) return [];
@@ -414,9 +418,9 @@ async function main(): Promise<void> {
       const live = liveRevokedLine(line, now);
       if (live) entries.set(...live);
     }
-    for (const [serial, line] of goneRevoked.get(ns) ?? []) {
+    for (const [serial, line] of withdrawn.get(ns) ?? []) {
       if (Date.parse(line.split(" ")[2] ?? "") > now) entries.set(serial, line);
-      else goneRevoked.get(ns)?.delete(serial);
+      else withdrawn.get(ns)?.delete(serial);
     }
     for (const c of tasks.list(ns)) {
       if (!c.state.startsWith("Revoked|")) continue;
@@ -425,6 +429,16 @@ async function main(): Promise<void> {
     }
     bundles.setRevoked(ns, [...entries.values()]);
     if (leading) void ensureBundle(ns);
+  };
+  /** Copies of these certificates stay valid until notAfter: listed as revoked until then. */
+  const rememberWithdrawn = (t: AgentTask) => {
+    const lines = revokedLines(t, Date.now());
+    if (lines.length === 0) return;
+    const ns = t.metadata.namespace ?? "";
+    const m = withdrawn.get(ns) ?? new Map<string, string>();
+    for (const [serial, line] of lines) m.set(serial, line);
+    withdrawn.set(ns, m);
+    schedulePublishRevoked(ns);
   };
   // A cascade revokes a thousand tasks in a second: one list rebuild per
   // namespace per burst, not one per task (which was quadratic).
@@ -455,7 +469,7 @@ async function main(): Promise<void> {
         .list()
         .filter((c) => c.state.startsWith("Revoked|"))
         .map((c) => c.metadata.namespace),
-      ...goneRevoked.keys(),
+      ...withdrawn.keys(),
       ...bundleMaps
         .list()
         .filter((b) => b.revoked.length > 0)
@@ -584,7 +598,7 @@ async function main(): Promise<void> {
     if (!marker || ourCas.has(marker)) return true;
     // Another installation's: only where we have tasks of our own there too.
     return (
-      (goneRevoked.get(ns)?.size ?? 0) > 0 ||
+      (withdrawn.get(ns)?.size ?? 0) > 0 ||
       tasks.list(ns).some((c) => recordOf(JSON.parse(c.json) as AgentTask) !== undefined)
     );
   };
@@ -721,16 +735,8 @@ async function main(): Promise<void> {
     enqueueDescendants(key);
     // Deleted while it held a certificate (the finalizer revoked it) or after
     // it was revoked: copies stay valid until notAfter, so the list keeps them.
-    if (t.state.startsWith("Issued|") || t.state.startsWith("Revoked|")) {
-      const lines = revokedLines(JSON.parse(t.json) as AgentTask, Date.now());
-      if (lines.length > 0) {
-        const ns = t.metadata.namespace;
-        const m = goneRevoked.get(ns) ?? new Map<string, string>();
-        for (const [serial, line] of lines) m.set(serial, line);
-        goneRevoked.set(ns, m);
-        schedulePublishRevoked(ns);
-      }
-    }
+    if (t.state.startsWith("Issued|") || t.state.startsWith("Revoked|"))
+      rememberWithdrawn(JSON.parse(t.json) as AgentTask);
   });
   // Injections recorded by this process (a re-list or a new leader repeats
   // some, with the same deterministic ids).

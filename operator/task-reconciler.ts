@@ -119,6 +119,13 @@ export interface TaskReconcilerDeps {
   jwt?: JwtSvidMinter;
   /** The policies in force (operator/policies.ts); without it every task is decided by "none" (allow). */
   policies?: PolicyStore;
+  /**
+   * Called once a task's credential Secret is deleted to take access away
+   * (revocation, denial, deletion, expiry), before its events and status,
+   * which may wait for Kafka: copies of its certificates are published as
+   * revoked at once (the trust bundle's revoked.txt).
+   */
+  credentialWithdrawn?: (task: AgentTask) => void;
 }
 
 /**
@@ -1279,6 +1286,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       if (!isNotFound(err)) throw err;
     }
     deps.credentials.set(key, undefined);
+    deps.credentialWithdrawn?.(task);
   }
 
   /** A task awaiting its first credential says that it waits for Kafka (one that holds one keeps its status). */

@@ -117,6 +117,19 @@ describe("with the broker down", () => {
       },
       { timeoutMs: 20_000 },
     );
+    // Copies of its certificate are refused from now on, not once Kafka is
+    // back: the trust bundle lists the serial while the event still waits.
+    await eventually(
+      async () => {
+        const cm = await bed.core.readNamespacedConfigMap({
+          name: "custody-trust-bundle",
+          namespace: bed.ns,
+        });
+        expect(cm.data?.["revoked.txt"] ?? "").toContain(`${early.status!.certificate!.serial} spiffe://`);
+      },
+      { timeoutMs: 20_000 },
+    );
+    expect((await bed.getTask<Task>("early")).status?.phase).toBe("Issued");
     await waitingForKafka("late");
     expect(bed.operators[0]!.child.exitCode).toBeNull();
 

@@ -143,6 +143,7 @@ function harness(
     get: async () => ({}),
   } as unknown as KubeRest;
   const ids: Array<{ type: string; id: string | undefined }> = [];
+  const withdrawn: Array<{ serial: string | undefined; after: string[] }> = [];
   const recorder: ProvenanceRecorder = {
     record: (type, _subject, _data, _root, id) => {
       calls.push(`record ${type}`);
@@ -165,8 +166,10 @@ function harness(
     recordKeys: createKeyRing([webhookKey]),
     renewJitter: 0.05,
     log: silentLogger,
+    // Which certificate, and how many calls (API requests, records) had been made by then.
+    credentialWithdrawn: (t) => withdrawn.push({ serial: t.status?.certificate?.serial, after: [...calls] }),
   });
-  return { calls, bodies, reconciler, ids };
+  return { calls, bodies, reconciler, ids, withdrawn };
 }
 
 const SECRET = "POST /api/v1/namespaces/ns/secrets";
@@ -476,6 +479,11 @@ describe("while the provenance stream is unavailable (Kafka down, or not yet ope
       expect(h.calls).toEqual([
         "DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1",
         "record dev.custody.task.revoked",
+      ]);
+      // Its certificate was handed to the revocation list right after the
+      // deletion, before the event that waits for Kafka.
+      expect(h.withdrawn).toEqual([
+        { serial: "0a", after: ["DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1"] },
       ]);
       // While it waits, nothing else is appended.
       h.calls.length = 0;
