@@ -17,6 +17,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { get as httpsGet } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadAll } from "js-yaml";
@@ -221,6 +222,21 @@ describe("chart: lint, render, server-side dry-run", () => {
       expect: (objects) => {
         expect(one(objects, "Deployment").spec).toMatchObject({ replicas: 2 });
         expect(one(objects, "PodDisruptionBudget").spec).toMatchObject({ minAvailable: 1 });
+        // The Lease renewals of the chart's ServiceAccount, and nothing else, in leader-election.
+        expect(one(objects, "FlowSchema").spec).toMatchObject({
+          priorityLevelConfiguration: { name: "leader-election" },
+          rules: [
+            {
+              subjects: [
+                {
+                  kind: "ServiceAccount",
+                  serviceAccount: { name: one(objects, "ServiceAccount").metadata.name },
+                },
+              ],
+              resourceRules: [{ apiGroups: ["coordination.k8s.io"], resources: ["leases"] }],
+            },
+          ],
+        });
         // AgentTask, AgentPolicy, ClusterAgentPolicy: all kept on uninstall.
         const crds = byKind(objects, "CustomResourceDefinition");
         expect(crds.map((c) => c.metadata.name).sort()).toEqual([
@@ -253,11 +269,13 @@ describe("chart: lint, render, server-side dry-run", () => {
         },
         crds: { install: false },
         admissionPolicies: { install: false },
+        leaderElection: { priorityLevel: "" },
         topologySpreadConstraints: [],
       },
       expect: (objects) => {
         expect(byKind(objects, "PodDisruptionBudget")).toHaveLength(0);
         expect(byKind(objects, "CustomResourceDefinition")).toHaveLength(0);
+        expect(byKind(objects, "FlowSchema")).toHaveLength(0);
         expect(objects.filter((o) => o.kind.endsWith("AdmissionPolicy"))).toHaveLength(0);
         expect(envOf(objects).CUSTODY_WEBHOOK_URL).toBe("https://127.0.0.1:9443/base");
       },
@@ -713,6 +731,7 @@ describe("chart: installed, with the operator running outside the cluster as the
       ]),
       `clusterrolebinding/${fullname}-operator`,
       `clusterrole/${fullname}-operator`,
+      `flowschema/${fullname}-leader-election`,
     ]);
     // Tasks left with Custody's finalizer would hold their namespace in Terminating.
     const left = await admin
@@ -764,6 +783,7 @@ describe("chart: installed, with the operator running outside the cluster as the
         "CustomResourceDefinition",
         "CustomResourceDefinition",
         "Deployment",
+        "FlowSchema",
         "MutatingAdmissionPolicy",
         "MutatingAdmissionPolicyBinding",
         "MutatingWebhookConfiguration",
@@ -879,6 +899,38 @@ describe("chart: installed, with the operator running outside the cluster as the
     );
     timings.leading = Date.now() - started;
     expect(lease.spec?.holderIdentity).toBeTruthy();
+
+    // Its Lease requests run in the API server's leader-election priority
+    // level (the chart's FlowSchema), as the API server itself reports; its
+    // other requests do not.
+    const uidOf = async (path: string) => (await admin.get<K8sObject>(path)).metadata.uid;
+    const leaderElectionLevel = await uidOf(
+      "/apis/flowcontrol.apiserver.k8s.io/v1/prioritylevelconfigurations/leader-election",
+    );
+    const flowSchema = await uidOf(
+      `/apis/flowcontrol.apiserver.k8s.io/v1/flowschemas/${fullname}-leader-election`,
+    );
+    const classifiedAs = (path: string) =>
+      new Promise<{ flowSchema: unknown; priorityLevel: unknown }>((resolve, reject) => {
+        const req = httpsGet(
+          `${env.apiServer}${path}`,
+          { ca: readFileSync(join(env.pki, "ca.crt")), headers: { authorization: `Bearer ${token}` } },
+          (res) => {
+            res.resume();
+            resolve({
+              flowSchema: res.headers["x-kubernetes-pf-flowschema-uid"],
+              priorityLevel: res.headers["x-kubernetes-pf-prioritylevel-uid"],
+            });
+          },
+        );
+        req.on("error", reject);
+      });
+    expect(
+      await classifiedAs(`/apis/coordination.k8s.io/v1/namespaces/${ns}/leases/${fullname}-operator`),
+    ).toEqual({ flowSchema, priorityLevel: leaderElectionLevel });
+    const other = await classifiedAs(`/api/v1/namespaces/${ns}/configmaps`);
+    expect(other.priorityLevel).toBeTruthy();
+    expect(other.priorityLevel).not.toBe(leaderElectionLevel);
 
     // caBundle: the generated CA, in each of the chart's four webhooks.
     const caSecret = await admin.get<{
