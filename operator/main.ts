@@ -418,10 +418,12 @@ async function main(): Promise<void> {
       const live = liveRevokedLine(line, now);
       if (live) entries.set(...live);
     }
-    for (const [serial, line] of withdrawn.get(ns) ?? []) {
+    const gone = withdrawn.get(ns);
+    for (const [serial, line] of gone ?? []) {
       if (Date.parse(line.split(" ")[2] ?? "") > now) entries.set(serial, line);
-      else withdrawn.get(ns)?.delete(serial);
+      else gone?.delete(serial);
     }
+    if (gone?.size === 0) withdrawn.delete(ns);
     for (const c of tasks.list(ns)) {
       if (!c.state.startsWith("Revoked|")) continue;
       for (const [serial, line] of revokedLines(JSON.parse(c.json) as AgentTask, now))
@@ -806,6 +808,9 @@ async function main(): Promise<void> {
   /** Exits after a failed takeover; the webhooks go first when asked (bounded: the exit must happen). */
   const exitAfterFailedTakeover = (err: unknown): void => {
     log.error("could not start leading", { error: errorText(err) });
+    // No longer acting as leader meanwhile: the sweep would register again.
+    leading = false;
+    stopping = true;
     const bound = new Promise((r) => setTimeout(r, 5_000).unref());
     void Promise.race([unregisterOnExit(), bound]).finally(() => process.exit(1));
   };

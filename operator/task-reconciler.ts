@@ -120,8 +120,8 @@ export interface TaskReconcilerDeps {
   /** The policies in force (operator/policies.ts); without it every task is decided by "none" (allow). */
   policies?: PolicyStore;
   /**
-   * Called once a task's credential Secret is deleted to take access away
-   * (revocation, denial, deletion, expiry), before its events and status,
+   * Called once the credential Secret of a task that held one is deleted to
+   * take access away (revocation, denial, deletion, expiry), before its events and status,
    * which may wait for Kafka: copies of its certificates are published as
    * revoked at once (the trust bundle's revoked.txt).
    */
@@ -1280,13 +1280,16 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
 
   async function deleteCredential(task: AgentTask, key: string): Promise<void> {
     const ns = task.metadata.namespace ?? "";
+    // Whether it held one (a Secret, or an Issued status whose Secret an
+    // earlier attempt deleted): only then are its certificates real ones.
+    const held = deps.credentials.get(key) !== undefined || task.status?.phase === "Issued";
     try {
       await rest.delete(secretPath(ns, credentialSecretName(task.metadata.name)));
     } catch (err) {
       if (!isNotFound(err)) throw err;
     }
     deps.credentials.set(key, undefined);
-    deps.credentialWithdrawn?.(task);
+    if (held) deps.credentialWithdrawn?.(task);
   }
 
   /** A task awaiting its first credential says that it waits for Kafka (one that holds one keeps its status). */

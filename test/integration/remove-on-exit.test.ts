@@ -1,8 +1,9 @@
-// `make run` (leader election off, CUSTODY_WEBHOOK_REMOVE_ON_EXIT) must not
-// leave its fail-closed webhooks behind when the operator exits on its own,
+// With CUSTODY_WEBHOOK_REMOVE_ON_EXIT (what `make run` sets), the operator must
+// not leave its fail-closed webhooks behind when it exits on its own,
 // not only on a signal: a takeover that fails (here: the provenance key cannot
 // be published, refused by a policy of this test) ends the process, and the
-// registration it made goes with it.
+// registration it made goes with it. Leader election is off here (one
+// process, no Lease); with it on, the same exit path runs.
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, expect, inject, it } from "vitest";
 import { loadClusterCredentials } from "../../shells/kube/credentials.ts";

@@ -504,6 +504,19 @@ describe("while the provenance stream is unavailable (Kafka down, or not yet ope
     }
   });
 
+  it("lists as revoked only certificates a task held: not a serial written into the status of one that never did", async () => {
+    const forged = () => {
+      const t = task(() => undefined); // no requester record: Denied before any issuance
+      t.status = { phase: "Pending", certificate: holding(task()).status!.certificate! };
+      return t;
+    };
+    const h = harness(async () => {}, forged);
+    await h.reconciler.reconcile("ns/t1");
+    expect((h.bodies[STATUS] as AgentTask).status?.phase).toBe("Denied");
+    expect(h.calls).toContain("DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1");
+    expect(h.withdrawn).toEqual([]);
+  });
+
   it("still deletes a revoked task's credential at once; its event and status follow when the stream is back", async () => {
     const revoked = revokedHolding;
     const held = new CredentialIndex();
