@@ -17,7 +17,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { get as httpsGet } from "node:https";
+import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadAll } from "js-yaml";
@@ -233,7 +233,9 @@ describe("chart: lint, render, server-side dry-run", () => {
                   serviceAccount: { name: one(objects, "ServiceAccount").metadata.name },
                 },
               ],
-              resourceRules: [{ apiGroups: ["coordination.k8s.io"], resources: ["leases"] }],
+              resourceRules: [
+                { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["get", "update"] },
+              ],
             },
           ],
         });
@@ -910,11 +912,15 @@ describe("chart: installed, with the operator running outside the cluster as the
     const flowSchema = await uidOf(
       `/apis/flowcontrol.apiserver.k8s.io/v1/flowschemas/${fullname}-leader-election`,
     );
-    const classifiedAs = (path: string) =>
+    const classifiedAs = (path: string, method = "GET", body?: unknown) =>
       new Promise<{ flowSchema: unknown; priorityLevel: unknown }>((resolve, reject) => {
-        const req = httpsGet(
+        const req = httpsRequest(
           `${env.apiServer}${path}`,
-          { ca: readFileSync(join(env.pki, "ca.crt")), headers: { authorization: `Bearer ${token}` } },
+          {
+            method,
+            ca: readFileSync(join(env.pki, "ca.crt")),
+            headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          },
           (res) => {
             res.resume();
             resolve({
@@ -924,10 +930,21 @@ describe("chart: installed, with the operator running outside the cluster as the
           },
         );
         req.on("error", reject);
+        req.end(body === undefined ? undefined : JSON.stringify(body));
       });
-    expect(
-      await classifiedAs(`/apis/coordination.k8s.io/v1/namespaces/${ns}/leases/${fullname}-operator`),
-    ).toEqual({ flowSchema, priorityLevel: leaderElectionLevel });
+    const leasePath = `/apis/coordination.k8s.io/v1/namespaces/${ns}/leases`;
+    expect(await classifiedAs(`${leasePath}/${fullname}-operator`)).toEqual({
+      flowSchema,
+      priorityLevel: leaderElectionLevel,
+    });
+    // Creates stay out of it: the webhook creates a Lease per assertion jti.
+    const create = await classifiedAs(`${leasePath}?dryRun=All`, "POST", {
+      apiVersion: "coordination.k8s.io/v1",
+      kind: "Lease",
+      metadata: { name: "jti-probe" },
+    });
+    expect(create.priorityLevel).toBeTruthy();
+    expect(create.priorityLevel).not.toBe(leaderElectionLevel);
     const other = await classifiedAs(`/api/v1/namespaces/${ns}/configmaps`);
     expect(other.priorityLevel).toBeTruthy();
     expect(other.priorityLevel).not.toBe(leaderElectionLevel);
