@@ -17,7 +17,6 @@
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { join } from "node:path";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { KubeRest } from "../shells/kube/rest.ts";
 import {
@@ -28,7 +27,7 @@ import {
   waitForAdmission,
 } from "../test/support/operator-process.ts";
 import { retryWhileUnavailable } from "../test/support/unavailable.ts";
-import { benchFlags, envDir, localEnv } from "./local.ts";
+import { benchFlags, cpuSecondsOf, localEnv, localPids } from "./local.ts";
 
 const flag = benchFlags();
 const RATE = flag("rate", 200);
@@ -43,14 +42,7 @@ const ns = `bench-adm-${run}`;
 const opNs = `custody-bench-adm-${run}`;
 const TASK = "bench-task";
 let operatorPid: number | undefined;
-const operatorCpu = () => {
-  try {
-    const fields = readFileSync(`/proc/${operatorPid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return Number.NaN;
-  }
-};
+const operatorCpu = () => cpuSecondsOf(operatorPid);
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
@@ -68,16 +60,8 @@ function pod(name: string, optIn: boolean) {
   };
 }
 
-/** CPU seconds (user + system) a process of the local environment has used so far. */
-function cpuSeconds(process: string): number {
-  try {
-    const pid = readFileSync(join(envDir, "pids", `${process}.pid`), "utf8").trim();
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
-  } catch {
-    return Number.NaN;
-  }
-}
+/** CPU seconds a process of the local environment has used so far. */
+const cpuSeconds = (process: string): number => cpuSecondsOf(localPids()[process]);
 
 /** Busy and total jiffies of the whole machine (all cores), from /proc/stat. */
 function machineTicks(): { busy: number; total: number } {

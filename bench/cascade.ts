@@ -8,9 +8,7 @@
  * Usage: node bench/cascade.ts [--descendants 1000]
  */
 
-import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { Informer } from "../shells/kube/informer.ts";
 import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
@@ -22,7 +20,7 @@ import {
   waitForAdmission,
 } from "../test/support/operator-process.ts";
 import { retryWhileUnavailable } from "../test/support/unavailable.ts";
-import { benchFlags, localEnv } from "./local.ts";
+import { benchFlags, cpuMeter, localEnv } from "./local.ts";
 
 const N = benchFlags()("descendants", 1000);
 const env = localEnv();
@@ -57,29 +55,6 @@ async function until(pred: () => boolean, timeoutMs: number, what: string) {
     if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-}
-
-/** CPU seconds (user + system) a process has used so far; 0 when it is gone. */
-function cpuSeconds(pid: number | undefined): number {
-  if (pid === undefined) return 0;
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (100/s)
-  } catch {
-    return 0;
-  }
-}
-
-/** The local environment's processes, by what they run. */
-function localPids(): Record<string, number | undefined> {
-  const pid = (pattern: string) => {
-    try {
-      return Number(execFileSync("pgrep", ["-f", "-o", pattern], { encoding: "utf8" }).trim()) || undefined;
-    } catch {
-      return undefined;
-    }
-  };
-  return { "kube-apiserver": pid("kube-apiserver"), etcd: pid("bin/etcd"), kafka: pid("kafka.Kafka") };
 }
 
 async function pool<T>(items: T[], n: number, fn: (t: T) => Promise<void>) {
@@ -131,8 +106,7 @@ async function main() {
   );
   const all = [...children, ...grandchildren];
   await until(() => all.every((n) => phases.get(n) === "Issued"), 300_000, "descendants issued");
-  const pids = { ...localPids(), operator: a.child.pid };
-  const cpuBefore = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpuSeconds(p)]));
+  const cpuSpent = cpuMeter({ operator: a.child.pid });
   const t0 = performance.now();
   await rest.patch(`/apis/custody.dev/v1alpha1/namespaces/${ns}/agenttasks/root`, {
     spec: { revoked: true, revocationReason: "bench" },
@@ -149,9 +123,7 @@ async function main() {
     "descendants revoked",
   );
   const cascadeS = (performance.now() - t0) / 1000;
-  const cpu = Object.entries(pids)
-    .map(([k, p]) => `${k} ${(cpuSeconds(p) - cpuBefore[k]!).toFixed(1)} s`)
-    .join(", ");
+  const cpu = cpuSpent();
   const secretsLeft = (
     await rest.get<{ items: unknown[] }>(
       `/api/v1/namespaces/${ns}/secrets?labelSelector=custody.dev/agent-task`,

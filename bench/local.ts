@@ -17,6 +17,47 @@ export function localEnv(): LocalEnv {
   return JSON.parse(readFileSync(join(envDir, "env.json"), "utf8")) as LocalEnv;
 }
 
+/** CPU seconds (user + system) a process has used so far; NaN when it is gone. */
+export function cpuSecondsOf(pid: number | undefined): number {
+  if (pid === undefined) return Number.NaN;
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** The processes of the local environment, from the pid files `make up` writes. */
+export function localPids(): Record<string, number | undefined> {
+  const pid = (name: string) => {
+    try {
+      return Number(readFileSync(join(envDir, "pids", `${name}.pid`), "utf8").trim()) || undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  return { "kube-apiserver": pid("kube-apiserver"), etcd: pid("etcd"), kafka: pid("kafka") };
+}
+
+/**
+ * Starts counting the CPU seconds each process spends (the local
+ * environment's, the named extra ones, and this bench's own); the returned
+ * function says how many each has spent since, e.g. "kube-apiserver 10.3 s, …".
+ */
+export function cpuMeter(extra: Record<string, number | undefined> = {}): () => string {
+  const pids = { ...localPids(), ...extra };
+  const before = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpuSecondsOf(p)]));
+  const self = process.cpuUsage();
+  return () => {
+    const own = process.cpuUsage(self);
+    return [
+      ...Object.entries(pids).map(([k, p]) => `${k} ${(cpuSecondsOf(p) - before[k]!).toFixed(1)} s`),
+      `this bench ${((own.user + own.system) / 1e6).toFixed(1)} s`,
+    ].join(", ");
+  };
+}
+
 /**
  * The API server's count of the writes it has served (POST, PUT, PATCH,
  * DELETE; its own `apiserver_request_total`), by verb and resource. Two

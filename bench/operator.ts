@@ -11,6 +11,7 @@
 
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { Informer } from "../shells/kube/informer.ts";
 import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
@@ -22,7 +23,7 @@ import {
   waitForAdmission,
 } from "../test/support/operator-process.ts";
 import { retryWhileUnavailable } from "../test/support/unavailable.ts";
-import { apiWrites, benchFlags, localEnv, writesPer } from "./local.ts";
+import { apiWrites, benchFlags, cpuMeter, localEnv, writesPer } from "./local.ts";
 
 const flag = benchFlags();
 const BURST = flag("burst", 1000);
@@ -181,11 +182,14 @@ async function main(): Promise<void> {
   // 1. Burst
   const burst = Array.from({ length: BURST }, (_, i) => `burst-${i}`);
   const writes0 = await apiWrites((p) => rest.get(p));
+  const cpuSpent = cpuMeter({ operator: pid });
   const t0 = performance.now();
   await createAll(burst, 64);
   const createdAt = performance.now();
   await waitIssued(burst, 120_000);
   const t1 = performance.now();
+  // What the burst cost each process, against the 2 × its seconds a 2-core machine has.
+  const burstCpu = cpuSpent();
   // Kubernetes Events are paced (50/s) apart from issuance: counted once written (or 30 s on).
   let writes1 = await apiWrites((p) => rest.get(p));
   const eventsWritten = () => (writes1.get("POST events") ?? 0) - (writes0.get("POST events") ?? 0);
@@ -256,6 +260,7 @@ async function main(): Promise<void> {
       `create→Issued p50 ${burstResult.p50ms.toFixed(0)} ms, p99 ${burstResult.p99ms.toFixed(0)} ms`,
   );
   console.log(`API server writes per task in the burst (the create included): ${burstWrites}`);
+  console.log(`CPU during the burst (${availableParallelism()} cores): ${burstCpu}`);
   console.log(
     `steady ${steadyResult.rate}/s for ${steadyResult.seconds} s (achieved ${steadyResult.achievedRate.toFixed(1)}/s): ` +
       `create→Issued p50 ${steadyResult.p50ms.toFixed(1)} ms, p99 ${steadyResult.p99ms.toFixed(1)} ms`,
