@@ -25,7 +25,7 @@ import { createTokenReviewer } from "../shells/kube/authentication.ts";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { type DeleteInfo, Informer, objectKey } from "../shells/kube/informer.ts";
 import { LeaderElector } from "../shells/kube/leader-election.ts";
-import { KubeRest, restListWatch } from "../shells/kube/rest.ts";
+import { isNamespaceTerminating, KubeRest, restListWatch } from "../shells/kube/rest.ts";
 import { createLogger } from "../shells/log.ts";
 import { OperatorMetrics } from "../shells/metrics.ts";
 import { WorkQueue } from "../shells/workqueue.ts";
@@ -430,30 +430,37 @@ async function main(): Promise<void> {
         entries.set(serial, line);
     }
     bundles.setRevoked(ns, [...entries.values()]);
-    if (leading) void ensureBundle(ns);
+    return ensureBundle(ns);
   };
-  /** Copies of these certificates stay valid until notAfter: listed as revoked until then. */
-  const rememberWithdrawn = (t: AgentTask) => {
+  /**
+   * Copies of these certificates stay valid until notAfter: listed as
+   * revoked until then. True once the namespace's bundle lists them (or is
+   * not this installation's to write).
+   */
+  const rememberWithdrawn = (t: AgentTask): Promise<boolean> => {
     const lines = revokedLines(t, Date.now());
-    if (lines.length === 0) return;
+    if (lines.length === 0) return Promise.resolve(true);
     const ns = t.metadata.namespace ?? "";
     const m = withdrawn.get(ns) ?? new Map<string, string>();
     for (const [serial, line] of lines) m.set(serial, line);
     withdrawn.set(ns, m);
-    schedulePublishRevoked(ns);
+    return schedulePublishRevoked(ns);
   };
   // A cascade revokes a thousand tasks in a second: one list rebuild per
   // namespace per burst, not one per task (which was quadratic).
-  const pendingRevoked = new Map<string, NodeJS.Timeout>();
-  const schedulePublishRevoked = (ns: string) => {
-    if (pendingRevoked.has(ns)) return;
-    pendingRevoked.set(
-      ns,
+  // Every caller within the window shares the one write's outcome.
+  const pendingRevoked = new Map<string, Promise<boolean>>();
+  const schedulePublishRevoked = (ns: string): Promise<boolean> => {
+    const pending = pendingRevoked.get(ns);
+    if (pending) return pending;
+    const published = new Promise<boolean>((resolve) => {
       setTimeout(() => {
         pendingRevoked.delete(ns);
-        publishRevoked(ns);
-      }, 100),
-    );
+        void publishRevoked(ns).then(resolve);
+      }, 100);
+    });
+    pendingRevoked.set(ns, published);
+    return published;
   };
   const revokedSweep = setInterval(() => {
     if (!leading) return;
@@ -604,13 +611,23 @@ async function main(): Promise<void> {
       tasks.list(ns).some((c) => recordOf(JSON.parse(c.json) as AgentTask) !== undefined)
     );
   };
-  const ensureBundle = async (ns: string) => {
-    if (!leading || !servesNamespace(ns)) return;
-    await bundles
-      .ensure(ns)
-      .catch((err: unknown) =>
-        log.warn("trust bundle not published", { namespace: ns, error: errorText(err) }),
-      );
+  /**
+   * True once the namespace's bundle is current, is not this installation's
+   * to write, or can no longer exist (its namespace is being deleted, and
+   * the bundle with it: the list's limit, as docs/operations.md says); false
+   * when not leading or the write failed.
+   */
+  const ensureBundle = async (ns: string): Promise<boolean> => {
+    if (!leading) return false;
+    if (!servesNamespace(ns)) return true;
+    return bundles.ensure(ns).then(
+      () => true,
+      (err: unknown) => {
+        if (isNamespaceTerminating(err)) return true;
+        log.warn("trust bundle not published", { namespace: ns, error: errorText(err) });
+        return false;
+      },
+    );
   };
   bundleMaps.onUpdate((_o, c) => {
     bundles.observed(c.metadata.namespace, c.metadata.annotations?.[CONTENT_HASH_ANNOTATION]);

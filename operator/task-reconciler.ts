@@ -123,9 +123,10 @@ export interface TaskReconcilerDeps {
    * Called once the credential Secret of a task that held one is deleted to
    * take access away (revocation, denial, deletion, expiry), before its events and status,
    * which may wait for Kafka: copies of its certificates are published as
-   * revoked at once (the trust bundle's revoked.txt).
+   * revoked at once (the trust bundle's revoked.txt). Resolves true once they
+   * are; a deleted task keeps its finalizer until then.
    */
-  credentialWithdrawn?: (task: AgentTask) => void;
+  credentialWithdrawn?: (task: AgentTask) => Promise<boolean> | undefined;
 }
 
 /**
@@ -203,6 +204,13 @@ export function failureReason(err: unknown): string {
 const PROVENANCE_RETRY_MS = 5_000;
 /** How long a deleted task of another installation is left to it before its finalizer is released anyway. */
 const FOREIGN_FINALIZE_GRACE_MS = 5 * 60_000;
+/**
+ * How long a deleted task's finalizer waits for the revocation list to hold
+ * its certificates when the list cannot be written (the ConfigMap would pass
+ * 1 MiB, a policy refuses it): then it goes anyway, as it did before the list
+ * was awaited, and the provenance stream keeps the revocation.
+ */
+const WITHDRAWN_LIST_GRACE_MS = 5 * 60_000;
 
 /** Events a task has once per fact (terminal transitions, an abandoned serial): their ids derive from it. */
 const ONCE_PER_TASK: ReadonlySet<string> = new Set([
@@ -1278,7 +1286,8 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     );
   }
 
-  async function deleteCredential(task: AgentTask, key: string): Promise<void> {
+  /** `listed`: whether the revocation list holds its certificates (credentialWithdrawn), when it held any. */
+  async function deleteCredential(task: AgentTask, key: string): Promise<{ listed?: Promise<boolean> }> {
     const ns = task.metadata.namespace ?? "";
     // Whether it held one (a Secret, or an Issued status whose Secret an
     // earlier attempt deleted): only then are its certificates real ones.
@@ -1289,7 +1298,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       if (!isNotFound(err)) throw err;
     }
     deps.credentials.set(key, undefined);
-    if (held) deps.credentialWithdrawn?.(task);
+    return held ? { listed: deps.credentialWithdrawn?.(task) } : {};
   }
 
   /** A task awaiting its first credential says that it waits for Kafka (one that holds one keeps its status). */
@@ -1326,7 +1335,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     const finalizers = (task.metadata as { finalizers?: string[] }).finalizers ?? [];
     if (!finalizers.includes(FINALIZER)) return;
     const serial = task.status?.certificate?.serial;
-    await deleteCredential(task, key);
+    const { listed } = await deleteCredential(task, key);
     if (serial && task.status?.phase === "Issued") {
       await record("dev.custody.task.revoked", task, {
         serials: liveSerials(task, now()),
@@ -1334,6 +1343,24 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       });
     }
     await record("dev.custody.task.deleted", task, {});
+    // Once the task is gone, only the bundle remembers that copies of its
+    // certificates are revoked: it must hold them before the finalizer goes
+    // (within a grace: a list that cannot be written must not keep the task forever).
+    if (listed && !(await listed)) {
+      const deleting =
+        now() - Date.parse((task.metadata as { deletionTimestamp?: string }).deletionTimestamp ?? "");
+      if (!(deleting >= WITHDRAWN_LIST_GRACE_MS)) {
+        throw new Error(
+          `the revocation list of namespace ${task.metadata.namespace ?? ""} is not published yet; ` +
+            "the finalizer stays until it is",
+        );
+      }
+      log.error("revocation list not published; releasing the finalizer after the grace", {
+        object: key,
+        serial,
+        graceMs: WITHDRAWN_LIST_GRACE_MS,
+      });
+    }
     await releaseFinalizer(task);
     written.forget(key);
     log.info("task finalized", { object: key, serial });

@@ -24,6 +24,13 @@ export const isNotFound = (e: unknown): boolean => e instanceof KubeApiError && 
 export const isConflict = (e: unknown): boolean => e instanceof KubeApiError && e.code === 409;
 export const isAlreadyExists = (e: unknown): boolean =>
   e instanceof KubeApiError && e.code === 409 && e.reason === "AlreadyExists";
+/** A create refused because its namespace is being deleted (the API server's NamespaceTerminating cause). */
+export const isNamespaceTerminating = (e: unknown): boolean =>
+  e instanceof KubeApiError &&
+  e.code === 403 &&
+  ((e.body as { details?: { causes?: Array<{ reason?: string }> } } | undefined)?.details?.causes ?? []).some(
+    (c) => c.reason === "NamespaceTerminating",
+  );
 
 export type PatchType = "merge" | "json" | "strategic" | "apply";
 const PATCH_CONTENT_TYPES: Record<PatchType, string> = {

@@ -112,6 +112,8 @@ function harness(
   theTask: () => AgentTask = () => task(),
   credentials = new CredentialIndex(),
   healthy = true,
+  /** Whether (and when) the revocation list holds a withdrawn credential's certificates. */
+  listed: () => Promise<boolean> = async () => true,
 ) {
   const calls: string[] = [];
   const bodies: Record<string, unknown> = {};
@@ -167,7 +169,10 @@ function harness(
     renewJitter: 0.05,
     log: silentLogger,
     // Which certificate, and how many calls (API requests, records) had been made by then.
-    credentialWithdrawn: (t) => withdrawn.push({ serial: t.status?.certificate?.serial, after: [...calls] }),
+    credentialWithdrawn: (t) => {
+      withdrawn.push({ serial: t.status?.certificate?.serial, after: [...calls] });
+      return listed();
+    },
   });
   return { calls, bodies, reconciler, ids, withdrawn };
 }
@@ -352,6 +357,83 @@ describe("a task signed by another installation's admission key", () => {
       "record dev.custody.task.deleted",
       "PATCH /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1",
     ]);
+  });
+});
+
+describe("a deleted task's certificates", () => {
+  const deletingHolder = () => {
+    const t = holding(task());
+    (t.metadata as { deletionTimestamp?: string }).deletionTimestamp = new Date().toISOString();
+    return t;
+  };
+  const PATCH = "PATCH /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1";
+
+  it("are in the revocation list before the finalizer goes (after the task, only the list remembers them)", async () => {
+    let publish!: (ok: boolean) => void;
+    const published = new Promise<boolean>((r) => {
+      publish = r;
+    });
+    const held = new CredentialIndex();
+    held.set("ns/t1", "0a", true);
+    const h = harness(
+      async () => {},
+      deletingHolder,
+      held,
+      true,
+      () => published,
+    );
+    const finalizing = h.reconciler.reconcile("ns/t1");
+    await vi.waitFor(() => expect(h.calls).toContain("record dev.custody.task.deleted"));
+    expect(h.withdrawn.map((w) => w.serial)).toEqual(["0a"]);
+    expect(h.calls).not.toContain(PATCH);
+    publish(true);
+    await finalizing;
+    expect(h.calls.at(-1)).toBe(PATCH);
+  });
+
+  it("keep the finalizer while the list cannot be written; the retry releases it once it is", async () => {
+    const held = new CredentialIndex();
+    held.set("ns/t1", "0a", true);
+    const failing = harness(
+      async () => {},
+      deletingHolder,
+      held,
+      true,
+      async () => false,
+    );
+    await expect(failing.reconciler.reconcile("ns/t1")).rejects.toThrow(/revocation list .* not published/);
+    expect(failing.calls).not.toContain(PATCH);
+    // The retry: the Secret is gone, the status still says Issued; listed again, then released.
+    const retry = harness(
+      async () => {},
+      deletingHolder,
+      new CredentialIndex(),
+      true,
+      async () => true,
+    );
+    await retry.reconciler.reconcile("ns/t1");
+    expect(retry.withdrawn.map((w) => w.serial)).toEqual(["0a"]);
+    expect(retry.calls.at(-1)).toBe(PATCH);
+  });
+
+  it("do not keep the task forever: after 5 minutes of a list that cannot be written, the finalizer goes", async () => {
+    const deletedLongAgo = () => {
+      const t = deletingHolder();
+      (t.metadata as { deletionTimestamp?: string }).deletionTimestamp = new Date(
+        Date.now() - 6 * 60_000,
+      ).toISOString();
+      return t;
+    };
+    const h = harness(
+      async () => {},
+      deletedLongAgo,
+      new CredentialIndex(),
+      true,
+      async () => false,
+    );
+    await h.reconciler.reconcile("ns/t1");
+    expect(h.withdrawn.map((w) => w.serial)).toEqual(["0a"]);
+    expect(h.calls.at(-1)).toBe(PATCH);
   });
 });
 
