@@ -456,7 +456,13 @@ async function main(): Promise<void> {
     const published = new Promise<boolean>((resolve) => {
       setTimeout(() => {
         pendingRevoked.delete(ns);
-        void publishRevoked(ns).then(resolve);
+        // Settles whatever happens: a deleted task's finalizer waits on it.
+        Promise.resolve()
+          .then(() => publishRevoked(ns))
+          .then(resolve, (err: unknown) => {
+            log.warn("revocation list not rebuilt", { namespace: ns, error: errorText(err) });
+            resolve(false);
+          });
       }, 100);
     });
     pendingRevoked.set(ns, published);

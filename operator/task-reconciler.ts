@@ -211,6 +211,18 @@ const FOREIGN_FINALIZE_GRACE_MS = 5 * 60_000;
  * was awaited, and the provenance stream keeps the revocation.
  */
 const WITHDRAWN_LIST_GRACE_MS = 5 * 60_000;
+/** How long finalize waits for the list before it lets the worker go, and when it comes back. */
+const WITHDRAWN_LIST_PATIENCE_MS = 2_000;
+const WITHDRAWN_LIST_RETRY_MS = 2_000;
+
+/** True once `p` resolved true within WITHDRAWN_LIST_PATIENCE_MS; false otherwise (it may still, later). */
+async function settledTrue(p: Promise<boolean>): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const patience = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), WITHDRAWN_LIST_PATIENCE_MS);
+  });
+  return Promise.race([p, patience]).finally(() => clearTimeout(timer));
+}
 
 /** Events a task has once per fact (terminal transitions, an abandoned serial): their ids derive from it. */
 const ONCE_PER_TASK: ReadonlySet<string> = new Set([
@@ -413,8 +425,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         await releaseFinalizer(task);
         return;
       }
-      await finalize(task, key);
-      return;
+      return finalize(task, key);
     }
 
     const t = now();
@@ -1331,29 +1342,22 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     }
   }
 
-  async function finalize(task: AgentTask, key: string): Promise<void> {
+  async function finalize(task: AgentTask, key: string): Promise<{ requeueAfterMs: number } | undefined> {
     const finalizers = (task.metadata as { finalizers?: string[] }).finalizers ?? [];
-    if (!finalizers.includes(FINALIZER)) return;
+    if (!finalizers.includes(FINALIZER)) return undefined;
     const serial = task.status?.certificate?.serial;
     const { listed } = await deleteCredential(task, key);
-    if (serial && task.status?.phase === "Issued") {
-      await record("dev.custody.task.revoked", task, {
-        serials: liveSerials(task, now()),
-        reason: "the AgentTask was deleted",
-      });
-    }
-    await record("dev.custody.task.deleted", task, {});
     // Once the task is gone, only the bundle remembers that copies of its
-    // certificates are revoked: it must hold them before the finalizer goes
-    // (within a grace: a list that cannot be written must not keep the task forever).
-    if (listed && !(await listed)) {
+    // certificates are revoked: it must hold them before the finalizer goes.
+    // Checked before any event (a retry records nothing twice), waited for
+    // briefly (no worker is held), and within a grace: a list that cannot be
+    // written must not keep the task forever.
+    if (listed && !(await settledTrue(listed))) {
       const deleting =
         now() - Date.parse((task.metadata as { deletionTimestamp?: string }).deletionTimestamp ?? "");
       if (!(deleting >= WITHDRAWN_LIST_GRACE_MS)) {
-        throw new Error(
-          `the revocation list of namespace ${task.metadata.namespace ?? ""} is not published yet; ` +
-            "the finalizer stays until it is",
-        );
+        log.info("revocation list not published yet; the finalizer stays", { object: key, serial });
+        return { requeueAfterMs: WITHDRAWN_LIST_RETRY_MS };
       }
       log.error("revocation list not published; releasing the finalizer after the grace", {
         object: key,
@@ -1361,9 +1365,17 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
         graceMs: WITHDRAWN_LIST_GRACE_MS,
       });
     }
+    if (serial && task.status?.phase === "Issued") {
+      await record("dev.custody.task.revoked", task, {
+        serials: liveSerials(task, now()),
+        reason: "the AgentTask was deleted",
+      });
+    }
+    await record("dev.custody.task.deleted", task, {});
     await releaseFinalizer(task);
     written.forget(key);
     log.info("task finalized", { object: key, serial });
+    return undefined;
   }
 }
 

@@ -36,6 +36,8 @@ export class TrustBundlePublisher {
   /** Namespace → hash last written or confirmed there. */
   readonly #published = new Map<string, string>();
   readonly #inflight = new Map<string, Promise<void>>();
+  /** The write queued behind the one in flight, shared by everyone who asked meanwhile. */
+  readonly #next = new Map<string, Promise<void>>();
   /** Namespace → its content with revoked.txt, and that content's hash (computed once per change). */
   readonly #withRevoked = new Map<string, { content: BundleContent; hash: string }>();
 
@@ -94,15 +96,31 @@ export class TrustBundlePublisher {
     return this.#published.get(namespace) === this.#hashFor(namespace);
   }
 
-  /** Makes sure the namespace's bundle is current; concurrent callers share one write. */
+  /**
+   * Makes sure the namespace's bundle holds the content set so far: resolves
+   * once a write that started after this call (or a later one) succeeded.
+   * Concurrent callers share writes, and a caller waits for at most the
+   * write in flight and the next one: content that keeps changing does not
+   * keep an earlier caller waiting.
+   */
   ensure(namespace: string): Promise<void> {
     if (this.isCurrent(namespace)) return Promise.resolve();
     const running = this.#inflight.get(namespace);
-    // Content may have changed while a write was in flight: look again after it.
-    if (running) {
-      const again = () => this.ensure(namespace);
-      return running.then(again, again);
+    if (!running) return this.#start(namespace);
+    // The write in flight read its content before this call: the next one has ours.
+    let next = this.#next.get(namespace);
+    if (!next) {
+      const after = (): Promise<void> | undefined => {
+        this.#next.delete(namespace);
+        return this.isCurrent(namespace) ? undefined : this.#start(namespace);
+      };
+      next = running.then(after, after);
+      this.#next.set(namespace, next);
     }
+    return next;
+  }
+
+  #start(namespace: string): Promise<void> {
     const p = this.#write(namespace).finally(() => this.#inflight.delete(namespace));
     this.#inflight.set(namespace, p);
     return p;

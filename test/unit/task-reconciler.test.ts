@@ -368,7 +368,7 @@ describe("a deleted task's certificates", () => {
   };
   const PATCH = "PATCH /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1";
 
-  it("are in the revocation list before the finalizer goes (after the task, only the list remembers them)", async () => {
+  it("are in the revocation list before any event and before the finalizer goes (after the task, only the list remembers them)", async () => {
     let publish!: (ok: boolean) => void;
     const published = new Promise<boolean>((r) => {
       publish = r;
@@ -383,15 +383,19 @@ describe("a deleted task's certificates", () => {
       () => published,
     );
     const finalizing = h.reconciler.reconcile("ns/t1");
-    await vi.waitFor(() => expect(h.calls).toContain("record dev.custody.task.deleted"));
-    expect(h.withdrawn.map((w) => w.serial)).toEqual(["0a"]);
-    expect(h.calls).not.toContain(PATCH);
+    await vi.waitFor(() => expect(h.withdrawn.map((w) => w.serial)).toEqual(["0a"]));
+    expect(h.calls).toEqual(["DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1"]);
     publish(true);
     await finalizing;
-    expect(h.calls.at(-1)).toBe(PATCH);
+    expect(h.calls).toEqual([
+      "DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1",
+      "record dev.custody.task.revoked",
+      "record dev.custody.task.deleted",
+      PATCH,
+    ]);
   });
 
-  it("keep the finalizer while the list cannot be written; the retry releases it once it is", async () => {
+  it("keep the finalizer while the list cannot be written, recording nothing; the retry finalizes once it is", async () => {
     const held = new CredentialIndex();
     held.set("ns/t1", "0a", true);
     const failing = harness(
@@ -401,8 +405,8 @@ describe("a deleted task's certificates", () => {
       true,
       async () => false,
     );
-    await expect(failing.reconciler.reconcile("ns/t1")).rejects.toThrow(/revocation list .* not published/);
-    expect(failing.calls).not.toContain(PATCH);
+    expect(await failing.reconciler.reconcile("ns/t1")).toEqual({ requeueAfterMs: 2_000 });
+    expect(failing.calls).toEqual(["DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1"]);
     // The retry: the Secret is gone, the status still says Issued; listed again, then released.
     const retry = harness(
       async () => {},
@@ -414,6 +418,27 @@ describe("a deleted task's certificates", () => {
     await retry.reconciler.reconcile("ns/t1");
     expect(retry.withdrawn.map((w) => w.serial)).toEqual(["0a"]);
     expect(retry.calls.at(-1)).toBe(PATCH);
+  });
+
+  it("hold no worker for a list that takes long: the attempt comes back later", async () => {
+    vi.useFakeTimers();
+    try {
+      const held = new CredentialIndex();
+      held.set("ns/t1", "0a", true);
+      const h = harness(
+        async () => {},
+        deletingHolder,
+        held,
+        true,
+        () => new Promise<boolean>(() => {}),
+      );
+      const attempt = h.reconciler.reconcile("ns/t1");
+      await vi.advanceTimersByTimeAsync(2_000);
+      expect(await attempt).toEqual({ requeueAfterMs: 2_000 });
+      expect(h.calls).toEqual(["DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1"]);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("do not keep the task forever: after 5 minutes of a list that cannot be written, the finalizer goes", async () => {
