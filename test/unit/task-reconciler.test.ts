@@ -367,21 +367,19 @@ describe("a deleted task's certificates", () => {
     return t;
   };
   const PATCH = "PATCH /apis/custody.dev/v1alpha1/namespaces/ns/agenttasks/t1";
+  /** The reconciler of a deleted task; `secretHeld`: its Secret still exists (the index has its serial). */
+  const deletedTask = (listed: () => Promise<boolean>, secretHeld = true, theTask = deletingHolder) => {
+    const credentials = new CredentialIndex();
+    if (secretHeld) credentials.set("ns/t1", "0a", true);
+    return harness(async () => {}, theTask, credentials, true, listed);
+  };
 
   it("are in the revocation list before any event and before the finalizer goes (after the task, only the list remembers them)", async () => {
     let publish!: (ok: boolean) => void;
     const published = new Promise<boolean>((r) => {
       publish = r;
     });
-    const held = new CredentialIndex();
-    held.set("ns/t1", "0a", true);
-    const h = harness(
-      async () => {},
-      deletingHolder,
-      held,
-      true,
-      () => published,
-    );
+    const h = deletedTask(() => published);
     const finalizing = h.reconciler.reconcile("ns/t1");
     await vi.waitFor(() => expect(h.withdrawn.map((w) => w.serial)).toEqual(["0a"]));
     expect(h.calls).toEqual(["DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1"]);
@@ -396,25 +394,11 @@ describe("a deleted task's certificates", () => {
   });
 
   it("keep the finalizer while the list cannot be written, recording nothing; the retry finalizes once it is", async () => {
-    const held = new CredentialIndex();
-    held.set("ns/t1", "0a", true);
-    const failing = harness(
-      async () => {},
-      deletingHolder,
-      held,
-      true,
-      async () => false,
-    );
+    const failing = deletedTask(async () => false);
     expect(await failing.reconciler.reconcile("ns/t1")).toEqual({ requeueAfterMs: 2_000 });
     expect(failing.calls).toEqual(["DELETE /api/v1/namespaces/ns/secrets/custody-svid-t1"]);
     // The retry: the Secret is gone, the status still says Issued; listed again, then released.
-    const retry = harness(
-      async () => {},
-      deletingHolder,
-      new CredentialIndex(),
-      true,
-      async () => true,
-    );
+    const retry = deletedTask(async () => true, false);
     await retry.reconciler.reconcile("ns/t1");
     expect(retry.withdrawn.map((w) => w.serial)).toEqual(["0a"]);
     expect(retry.calls.at(-1)).toBe(PATCH);
@@ -423,15 +407,7 @@ describe("a deleted task's certificates", () => {
   it("hold no worker for a list that takes long: the attempt comes back later", async () => {
     vi.useFakeTimers();
     try {
-      const held = new CredentialIndex();
-      held.set("ns/t1", "0a", true);
-      const h = harness(
-        async () => {},
-        deletingHolder,
-        held,
-        true,
-        () => new Promise<boolean>(() => {}),
-      );
+      const h = deletedTask(() => new Promise<boolean>(() => {}));
       const attempt = h.reconciler.reconcile("ns/t1");
       await vi.advanceTimersByTimeAsync(2_000);
       expect(await attempt).toEqual({ requeueAfterMs: 2_000 });
@@ -449,13 +425,7 @@ describe("a deleted task's certificates", () => {
       ).toISOString();
       return t;
     };
-    const h = harness(
-      async () => {},
-      deletedLongAgo,
-      new CredentialIndex(),
-      true,
-      async () => false,
-    );
+    const h = deletedTask(async () => false, false, deletedLongAgo);
     await h.reconciler.reconcile("ns/t1");
     expect(h.withdrawn.map((w) => w.serial)).toEqual(["0a"]);
     expect(h.calls.at(-1)).toBe(PATCH);
