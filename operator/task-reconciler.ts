@@ -215,13 +215,18 @@ const WITHDRAWN_LIST_GRACE_MS = 5 * 60_000;
 const WITHDRAWN_LIST_PATIENCE_MS = 2_000;
 const WITHDRAWN_LIST_RETRY_MS = 2_000;
 
-/** True once `p` resolved true within WITHDRAWN_LIST_PATIENCE_MS; false otherwise (it may still, later). */
-async function settledTrue(p: Promise<boolean>): Promise<boolean> {
+/** `p`'s answer if it comes within `ms`; false otherwise (it may still come, later). */
+async function answeredWithin(p: Promise<boolean>, ms: number): Promise<boolean> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const patience = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), WITHDRAWN_LIST_PATIENCE_MS);
+    timer = setTimeout(() => resolve(false), ms);
   });
   return Promise.race([p, patience]).finally(() => clearTimeout(timer));
+}
+
+/** How long ago the task's deletion was asked for (NaN without a deletionTimestamp). */
+function deletingForMs(task: AgentTask, now: number): number {
+  return now - Date.parse((task.metadata as { deletionTimestamp?: string }).deletionTimestamp ?? "");
 }
 
 /** Events a task has once per fact (terminal transitions, an abandoned serial): their ids derive from it. */
@@ -239,12 +244,11 @@ const ONCE_PER_TASK: ReadonlySet<string> = new Set([
 const ACK_PATIENCE_MS = 3_000;
 
 /** True once `ack` resolved; false when it has not within ACK_PATIENCE_MS (it may still, later). */
-async function acknowledgedInTime(ack: Promise<void>): Promise<boolean> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const patience = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), ACK_PATIENCE_MS);
-  });
-  return Promise.race([ack.then(() => true), patience]).finally(() => clearTimeout(timer));
+function acknowledgedInTime(ack: Promise<void>): Promise<boolean> {
+  return answeredWithin(
+    ack.then(() => true),
+    ACK_PATIENCE_MS,
+  );
 }
 
 /**
@@ -410,8 +414,7 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       // release it before its own installation recorded the revocation.
       const proven = proveRequester(task);
       if ("error" in proven && proven.foreign && !deps.credentials.issuedHere(key)) {
-        const since =
-          now() - Date.parse((task.metadata as { deletionTimestamp?: string }).deletionTimestamp ?? "");
+        const since = deletingForMs(task, now());
         // One that was issued stays its installation's, however long (its
         // revocation is for it to record): only a never-issued task is let go.
         if (since < FOREIGN_FINALIZE_GRACE_MS || task.status?.certificate) {
@@ -1352,10 +1355,9 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
     // Checked before any event (a retry records nothing twice), waited for
     // briefly (no worker is held), and within a grace: a list that cannot be
     // written must not keep the task forever.
-    if (listed && !(await settledTrue(listed))) {
-      const deleting =
-        now() - Date.parse((task.metadata as { deletionTimestamp?: string }).deletionTimestamp ?? "");
-      if (!(deleting >= WITHDRAWN_LIST_GRACE_MS)) {
+    if (listed && !(await answeredWithin(listed, WITHDRAWN_LIST_PATIENCE_MS))) {
+      // (Not `<`: without a deletionTimestamp the age is NaN, and the finalizer stays.)
+      if (!(deletingForMs(task, now()) >= WITHDRAWN_LIST_GRACE_MS)) {
         log.info("revocation list not published yet; the finalizer stays", { object: key, serial });
         return { requeueAfterMs: WITHDRAWN_LIST_RETRY_MS };
       }
