@@ -15,8 +15,6 @@
  * Usage: node bench/admission.ts [--rate 200] [--pods 1000]
  */
 import { randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { availableParallelism } from "node:os";
 import { loadClusterCredentials } from "../shells/kube/credentials.ts";
 import { KubeRest } from "../shells/kube/rest.ts";
 import {
@@ -27,7 +25,7 @@ import {
   waitForAdmission,
 } from "../test/support/operator-process.ts";
 import { retryWhileUnavailable } from "../test/support/unavailable.ts";
-import { benchFlags, cpuSecondsOf, localEnv, localPids } from "./local.ts";
+import { benchFlags, cpuMeter, localEnv } from "./local.ts";
 
 const flag = benchFlags();
 const RATE = flag("rate", 200);
@@ -42,7 +40,6 @@ const ns = `bench-adm-${run}`;
 const opNs = `custody-bench-adm-${run}`;
 const TASK = "bench-task";
 let operatorPid: number | undefined;
-const operatorCpu = () => cpuSecondsOf(operatorPid);
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
@@ -58,17 +55,6 @@ function pod(name: string, optIn: boolean) {
       containers: [{ name: "agent", image: "example.invalid/agent:1" }],
     },
   };
-}
-
-/** CPU seconds a process of the local environment has used so far. */
-const cpuSeconds = (process: string): number => cpuSecondsOf(localPids()[process]);
-
-/** Busy and total jiffies of the whole machine (all cores), from /proc/stat. */
-function machineTicks(): { busy: number; total: number } {
-  const cpu = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const total = cpu.reduce((a, b) => a + b, 0);
-  const idle = (cpu[3] ?? 0) + (cpu[4] ?? 0); // idle + iowait
-  return { busy: total - idle, total };
 }
 
 /** The API server's own histogram of its calls to our pods webhook (round trip, as it measured). */
@@ -96,9 +82,7 @@ function bucketPercentile(before: Map<number, number>, after: Map<number, number
 
 /** Creates `count` pods at RATE per second as `client`; returns sorted latencies (ms). */
 async function paced(client: KubeRest, prefix: string, optIn: boolean): Promise<number[]> {
-  const cpu0 = { apiserver: cpuSeconds("kube-apiserver"), etcd: cpuSeconds("etcd"), operator: operatorCpu() };
-  const machine0 = machineTicks();
-  const self0 = process.cpuUsage();
+  const cpuSpent = cpuMeter({ operator: operatorPid });
   const latencies: number[] = [];
   const inflight: Promise<void>[] = [];
   const start = performance.now();
@@ -123,18 +107,9 @@ async function paced(client: KubeRest, prefix: string, optIn: boolean): Promise<
   await Promise.all(inflight);
   const seconds = (performance.now() - start) / 1000;
   if (failures > 0) throw new Error(`${failures} of ${PODS} pod creations failed`);
-  const used = (now: number, then: number) => ((now - then) / seconds).toFixed(2);
-  const machine = machineTicks();
-  const self = process.cpuUsage(self0);
-  // Whether the machine had any CPU left: on a saturated one, every process's
-  // work (the webhook's included) queues behind every other's.
-  const busyShare = (machine.busy - machine0.busy) / (machine.total - machine0.total);
   console.log(
     `  ${prefix}: ${PODS} pods in ${seconds.toFixed(1)} s (${(PODS / seconds).toFixed(0)}/s achieved); ` +
-      `cores busy: kube-apiserver ${used(cpuSeconds("kube-apiserver"), cpu0.apiserver)}, ` +
-      `etcd ${used(cpuSeconds("etcd"), cpu0.etcd)}, operator ${used(operatorCpu(), cpu0.operator)}, ` +
-      `this client ${((self.user + self.system) / 1e6 / seconds).toFixed(2)}; ` +
-      `machine ${(busyShare * 100).toFixed(0)}% busy (${availableParallelism()} cores)`,
+      `cores busy: ${cpuSpent(seconds)}`,
   );
   return latencies.sort((a, b) => a - b);
 }

@@ -1,6 +1,7 @@
 // What every operator-level bench starts from: `--name value` flags and the
 // local environment of `make up` (.local/env, or CUSTODY_ENV_DIR).
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import type { LocalEnv } from "../test/env/local-env.ts";
 
@@ -40,21 +41,41 @@ export function localPids(): Record<string, number | undefined> {
   return { "kube-apiserver": pid("kube-apiserver"), etcd: pid("etcd"), kafka: pid("kafka") };
 }
 
+/** Busy and total clock ticks of the whole machine (all cores), from /proc/stat. */
+function machineTicks(): { busy: number; total: number } {
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = cpu.reduce((a, b) => a + b, 0);
+  const idle = (cpu[3] ?? 0) + (cpu[4] ?? 0); // idle + iowait
+  return { busy: total - idle, total };
+}
+
 /**
- * Starts counting the CPU seconds each process spends (the local
- * environment's, the named extra ones, and this bench's own); the returned
- * function says how many each has spent since, e.g. "kube-apiserver 10.3 s, …".
+ * Starts counting the CPU each process spends (the local environment's, the
+ * named extra ones, and this bench's own) and how busy the whole machine is.
+ * The returned function says what each has spent since: CPU seconds
+ * ("kube-apiserver 10.3 s, …"), or, given the elapsed seconds, cores busy
+ * ("kube-apiserver 1.08, …"); then the machine's share, because on a
+ * saturated machine every process's work queues behind every other's.
  */
-export function cpuMeter(extra: Record<string, number | undefined> = {}): () => string {
+export function cpuMeter(
+  extra: Record<string, number | undefined> = {},
+): (elapsedSeconds?: number) => string {
   const pids = { ...localPids(), ...extra };
   const before = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpuSecondsOf(p)]));
   const self = process.cpuUsage();
-  return () => {
+  const machine0 = machineTicks();
+  return (elapsedSeconds) => {
     const own = process.cpuUsage(self);
-    return [
-      ...Object.entries(pids).map(([k, p]) => `${k} ${(cpuSecondsOf(p) - before[k]!).toFixed(1)} s`),
-      `this bench ${((own.user + own.system) / 1e6).toFixed(1)} s`,
-    ].join(", ");
+    const spent: Array<[string, number]> = [
+      ...Object.entries(pids).map(([k, p]): [string, number] => [k, cpuSecondsOf(p) - before[k]!]),
+      ["this bench", (own.user + own.system) / 1e6],
+    ];
+    const machine = machineTicks();
+    const busy = (machine.busy - machine0.busy) / (machine.total - machine0.total);
+    const each = spent.map(([k, s]) =>
+      elapsedSeconds === undefined ? `${k} ${s.toFixed(1)} s` : `${k} ${(s / elapsedSeconds).toFixed(2)}`,
+    );
+    return `${each.join(", ")}; machine ${(busy * 100).toFixed(0)}% busy (${availableParallelism()} cores)`;
   };
 }
 
