@@ -31,12 +31,18 @@ export type JsonValue =
 
 /** The canonical form of `value` (a string; UTF-8 encode it to hash or sign). */
 export function canonicalize(value: unknown): string {
-  return serialize(value, "$");
+  try {
+    return fast(value);
+  } catch (err) {
+    // The fast pass keeps no paths; the checked pass names the offending one.
+    if (err === NOT_CANONICAL) return serialize(value, "$");
+    throw err;
+  }
 }
 
 /** The canonical form of `value` as UTF-8 bytes. */
 export function canonicalBytes(value: unknown): Uint8Array {
-  return UTF8.encode(serialize(value, "$"));
+  return UTF8.encode(canonicalize(value));
 }
 
 /**
@@ -47,12 +53,19 @@ export function canonicalBytes(value: unknown): Uint8Array {
  */
 export function canonicalMembers(value: unknown, path = "$"): Array<readonly [name: string, member: string]> {
   if (!isPlainObject(value)) throw fail(path, "json-object", "must be a plain JSON object");
-  const names = Object.keys(value).sort();
+  const names = sortedNames(value);
   const out: Array<readonly [string, string]> = [];
   for (const name of names) {
     const v = value[name];
     if (v === undefined) continue;
-    out.push([name, `${serializeString(name, path)}:${serialize(v, memberPath(path, name))}`]);
+    let member: string;
+    try {
+      member = fast(v);
+    } catch (err) {
+      if (err !== NOT_CANONICAL) throw err;
+      member = serialize(v, memberPath(path, name));
+    }
+    out.push([name, `${serializeString(name, path)}:${member}`]);
   }
   return out;
 }
@@ -66,10 +79,73 @@ export function joinMembers(members: ReadonlyArray<readonly [string, string]>): 
 
 const UTF8 = new TextEncoder();
 
+/** Thrown by the fast pass for anything it does not write; the checked pass then says what and where. */
+const NOT_CANONICAL = Symbol("not canonical");
+
+// The fast pass: the same output as `serialize`, without building a path
+// for every member (paths are only read in errors, and building them was
+// most of what canonicalizing an event allocated).
+function fast(value: unknown): string {
+  switch (typeof value) {
+    case "string":
+      if (!value.isWellFormed()) throw NOT_CANONICAL;
+      return NEEDS_ESCAPE.test(value) ? JSON.stringify(value) : `"${value}"`;
+    case "number":
+      if (!Number.isFinite(value)) throw NOT_CANONICAL;
+      return String(value);
+    case "boolean":
+      return value ? "true" : "false";
+    case "object": {
+      if (value === null) return "null";
+      if (Array.isArray(value)) {
+        let s = "[";
+        for (let i = 0; i < value.length; i++) {
+          const item: unknown = value[i];
+          if (item === undefined) throw NOT_CANONICAL;
+          s += i === 0 ? fast(item) : `,${fast(item)}`;
+        }
+        return `${s}]`;
+      }
+      if (!isPlainObject(value)) throw NOT_CANONICAL;
+      let s = "{";
+      let first = true;
+      for (const name of sortedNames(value)) {
+        const v = value[name];
+        if (v === undefined) continue;
+        s += `${first ? "" : ","}${fast(name)}:${fast(v)}`;
+        first = false;
+      }
+      return `${s}}`;
+    }
+    default:
+      throw NOT_CANONICAL;
+  }
+}
+
+/**
+ * An object's member names in canonical order (UTF-16 code units, which is
+ * how `<` compares strings). Objects here are small: an insertion sort in
+ * place allocates nothing, where `Array.prototype.sort` copies.
+ */
+function sortedNames(value: object): string[] {
+  const names = Object.keys(value);
+  if (names.length > 32) return names.sort();
+  for (let i = 1; i < names.length; i++) {
+    const name = names[i]!;
+    let j = i - 1;
+    while (j >= 0 && names[j]! > name) {
+      names[j + 1] = names[j]!;
+      j--;
+    }
+    names[j + 1] = name;
+  }
+  return names;
+}
+
 // The hot path for nested objects: same output as joinMembers(canonicalMembers(...)), without the pairs.
 function serializeObject(value: object, path: string): string {
   if (!isPlainObject(value)) throw fail(path, "json-object", "must be a plain JSON object");
-  const names = Object.keys(value).sort();
+  const names = sortedNames(value);
   let s = "{";
   let first = true;
   for (const name of names) {

@@ -46,6 +46,10 @@ export interface StreamHead {
 
 export const EMPTY_HEAD: StreamHead = { seq: 0, hash: GENESIS_HASH };
 
+const HASH_MEMBER_PREFIX = `,"custodyhash":"`;
+/** The custodyhash member with its 64 hex digits not yet written. */
+const HASH_MEMBER_HOLE = `${HASH_MEMBER_PREFIX}${"0".repeat(64)}"`;
+
 export interface StreamWriterOptions {
   readonly stream: string;
   /** The writer's epoch (e.g. the Lease's leaseTransitions): never lower than an earlier writer's. */
@@ -55,9 +59,9 @@ export interface StreamWriterOptions {
   readonly head?: StreamHead;
 }
 
-/** An appended event: numbered, chained and hashed; its record bytes are made on demand, once. */
+/** An appended event: numbered, chained and hashed, its record bytes made (the sealed ones on demand, once). */
 export interface AppendedEvent<T extends EventType> {
-  /** The event without custodysig (what the hash and a signature cover). */
+  /** The event without custodysig (what the hash and a signature cover), parsed from the record bytes on first access. */
   readonly event: Omit<CustodyEventOf<T>, "custodysig">;
   readonly seq: number;
   readonly hash: string;
@@ -119,50 +123,53 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
         `,"source":${canonicalize(parsed.source)},"specversion":"${SPEC_VERSION}"` +
         `,"subject":${canonicalize(parsed.subject)},"time":${canonicalize(parsed.time)}` +
         `,"type":${canonicalize(parsed.type)}}`;
-      const hash = sha256Hex(epochMember + middle + tail);
-      const signed = `${epochMember},"custodyhash":"${hash}"${middle}`;
-      let unsealedBytes: Buffer | undefined;
+      // One UTF-8 encoding serves both the hash and the record: the record
+      // is encoded with the hash's place held by zeros, the hash is taken
+      // over the bytes around that member (exactly the hash input), then
+      // written into its place. The envelope before `tail` is ASCII (numbers,
+      // hex, base64url, the checked stream id), so character offsets there
+      // are byte offsets.
+      const unsealedBytes = Buffer.from(`${epochMember}${HASH_MEMBER_HOLE}${middle}${tail}`, "utf8");
+      const hashAt = epochMember.length + HASH_MEMBER_PREFIX.length;
+      const hash = oneShotHash(
+        "sha256",
+        Buffer.concat([
+          unsealedBytes.subarray(0, epochMember.length),
+          unsealedBytes.subarray(epochMember.length + HASH_MEMBER_HOLE.length),
+        ]),
+        "hex",
+      );
+      unsealedBytes.write(hash, hashAt, "latin1");
+      // Where the signature member goes: after custodykid, custodyprev and
+      // custodyseq (the signature input is the unsealed record itself).
+      const signedLength = epochMember.length + HASH_MEMBER_HOLE.length + middle.length;
       let sealedBytes: Buffer | undefined;
-      const unsealed = (): Buffer => {
-        unsealedBytes ??= Buffer.from(signed + tail, "utf8");
-        return unsealedBytes;
-      };
-      const sealed = (): Buffer => {
-        if (sealedBytes === undefined) {
-          const signature = signer.sign(unsealed());
-          if (!(signature instanceof Uint8Array) || signature.byteLength !== ES256_SIGNATURE_BYTES) {
-            throw invalid("signer.sign", "es256-signature", "must return a 64-byte IEEE P1363 signature");
-          }
-          // `signed` is ASCII (numbers, hex, base64url), so its length in
-          // characters is its length in bytes: splice the signature into the
-          // unsealed bytes rather than encode the whole record again.
-          const bytes = unsealed();
-          sealedBytes = Buffer.concat([
-            bytes.subarray(0, signed.length),
-            Buffer.from(`,"custodysig":"${encodeBase64url(signature)}"`, "latin1"),
-            bytes.subarray(signed.length),
-          ]);
-        }
-        return sealedBytes;
-      };
+      let event: Omit<CustodyEventOf<T>, "custodysig"> | undefined;
       head = { seq, hash };
-      const event = {
-        specversion: SPEC_VERSION,
-        id: parsed.id,
-        source: parsed.source,
-        type: parsed.type,
-        subject: parsed.subject,
-        time: parsed.time,
-        datacontenttype: DATA_CONTENT_TYPE,
-        custodystream: stream,
-        custodyseq: seq,
-        custodyepoch: epoch,
-        custodyprev: prev,
-        custodyhash: hash,
-        custodykid: signer.kid,
-        data: parsed.data,
-      } as unknown as Omit<CustodyEventOf<T>, "custodysig">;
-      return { event, seq, hash, unsealed, sealed };
+      return {
+        seq,
+        hash,
+        // Read back from the record bytes, once, and only when asked for.
+        get event() {
+          event ??= JSON.parse(unsealedBytes.toString("utf8")) as Omit<CustodyEventOf<T>, "custodysig">;
+          return event;
+        },
+        unsealed: () => unsealedBytes,
+        sealed(): Buffer {
+          if (sealedBytes === undefined) {
+            const signature = signer.sign(unsealedBytes);
+            if (!(signature instanceof Uint8Array) || signature.byteLength !== ES256_SIGNATURE_BYTES) {
+              throw invalid("signer.sign", "es256-signature", "must return a 64-byte IEEE P1363 signature");
+            }
+            sealedBytes = Buffer.concat([
+              unsealedBytes.subarray(0, signedLength),
+              Buffer.from(`,"custodysig":"${encodeBase64url(signature)}"`, "latin1"),
+              unsealedBytes.subarray(signedLength),
+            ]);
+          }
+          return sealedBytes;
+        },
+      };
     },
   };
 }

@@ -24,7 +24,10 @@ export interface ProducerRecord {
 }
 
 interface Pending {
-  readonly record: ProducerRecord;
+  readonly key: string;
+  readonly headers: Record<string, string> | undefined;
+  /** The value until its bytes are fixed, then let go (what it holds, e.g. an appended event's, is garbage). */
+  value: Buffer | SealableValue | undefined;
   /** The value as first sent: every retry sends these bytes. */
   bytes?: Buffer;
   readonly resolve: () => void;
@@ -108,7 +111,7 @@ export class BatchingProducer {
   send(record: ProducerRecord): Promise<void> {
     if (this.#stopped) return Promise.reject(new Error("producer stopped"));
     return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ record, resolve, reject });
+      this.#queue.push({ key: record.key, headers: record.headers, value: record.value, resolve, reject });
       if (!this.#sending) queueMicrotask(() => void this.#pump());
     });
   }
@@ -129,9 +132,9 @@ export class BatchingProducer {
             this.#connected = true;
           }
           const messages: Message[] = batch.map((p) => ({
-            key: p.record.key,
+            key: p.key,
             value: p.bytes!,
-            ...(p.record.headers ? { headers: p.record.headers } : {}),
+            ...(p.headers ? { headers: p.headers } : {}),
           }));
           const acked = await this.#producer.send({
             topic: this.#opts.topic,
@@ -187,8 +190,9 @@ export class BatchingProducer {
     }
     for (let i = fixed; i < end; i++) {
       const p = queue[i]!;
-      const value = p.record.value;
+      const value = p.value!;
       p.bytes = Buffer.isBuffer(value) ? value : i === end - 1 ? value.sealed() : value.unsealed();
+      p.value = undefined;
     }
     return queue.slice(this.#head, end);
   }
@@ -208,15 +212,18 @@ export class BatchingProducer {
 }
 
 const ACKNOWLEDGED: Pending = Object.freeze({
-  record: { key: "", value: Buffer.alloc(0) },
+  key: "",
+  headers: undefined,
+  value: undefined,
+  bytes: Buffer.alloc(0),
   resolve: () => undefined,
   reject: () => undefined,
 });
 
 function sizeOf(p: Pending): number {
-  const value = p.bytes ?? p.record.value;
+  const value = p.bytes ?? p.value!;
   // A sealed value is the unsealed one plus its signature member (~100 bytes): the bound leaves room.
-  return p.record.key.length + (Buffer.isBuffer(value) ? value.length : value.unsealed().length);
+  return p.key.length + (Buffer.isBuffer(value) ? value.length : value.unsealed().length);
 }
 
 /**
