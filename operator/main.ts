@@ -222,7 +222,8 @@ async function main(): Promise<void> {
   };
   const secrets = new Informer<SecretMeta>({
     name: "credential-secrets",
-    listWatch: restListWatch(rest, "/api/v1/secrets"),
+    // Metadata only: what the cache keeps, and no private key crosses the watch.
+    listWatch: restListWatch(rest, "/api/v1/secrets", undefined, { metadataOnly: true }),
     labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY},${TASK_LABEL}`,
     transform: (s) => ({
       ownedByTask:

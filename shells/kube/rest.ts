@@ -105,10 +105,11 @@ export class KubeRest {
     path: string,
     body?: unknown,
     contentType = "application/json",
+    accept = "application/json",
   ): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.#once<T>(method, path, body, contentType);
+        return await this.#once<T>(method, path, body, contentType, accept);
       } catch (err) {
         // A connection that died between requests (GOAWAY, reset) is retried
         // once on a fresh session; API errors are the caller's to handle.
@@ -117,14 +118,14 @@ export class KubeRest {
     }
   }
 
-  #once<T>(method: string, path: string, body: unknown, contentType: string): Promise<T> {
+  #once<T>(method: string, path: string, body: unknown, contentType: string, accept: string): Promise<T> {
     const session = this.#connect();
     const payload = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
     return new Promise<T>((resolve, reject) => {
       const headers: http2.OutgoingHttpHeaders = {
         ":method": method,
         ":path": path,
-        accept: "application/json",
+        accept,
         ...this.#headers(),
       };
       if (payload !== undefined) headers["content-type"] = contentType;
@@ -176,6 +177,7 @@ export class KubeRest {
     path: string,
     onEvent: (event: { type: string; object: unknown }) => void,
     onDone: (err?: unknown) => void,
+    accept = "application/json",
   ): { abort(): void } {
     let finished = false;
     const finish = (err?: unknown) => {
@@ -188,7 +190,7 @@ export class KubeRest {
       req = this.#connect().request({
         ":method": "GET",
         ":path": path,
-        accept: "application/json",
+        accept,
         ...this.#headers(),
       });
     } catch (err) {
@@ -246,8 +248,8 @@ export class KubeRest {
     };
   }
 
-  get<T = unknown>(path: string): Promise<T> {
-    return this.request<T>("GET", path);
+  get<T = unknown>(path: string, accept?: string): Promise<T> {
+    return this.request<T>("GET", path, undefined, undefined, accept);
   }
   post<T = unknown>(path: string, body: unknown): Promise<T> {
     return this.request<T>("POST", path, body);
@@ -263,8 +265,28 @@ export class KubeRest {
   }
 }
 
-/** The Informer's ListWatch over KubeRest: paged lists and watches as raw JSON. */
-export function restListWatch(rest: KubeRest, collectionPath: string, pageSize = 500): ListWatch {
+/**
+ * What a metadata-only list or watch asks for: the API server answers with
+ * PartialObjectMetadata (metadata only, whatever the kind), as client-go's
+ * metadata informers do.
+ */
+const METADATA_ONLY = {
+  list: "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+  watch: "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+} as const;
+
+/**
+ * The Informer's ListWatch over KubeRest: paged lists and watches as raw
+ * JSON. With `metadataOnly`, objects come as PartialObjectMetadata: for
+ * Secrets, the operator then never receives their data (private keys) and
+ * parses a tenth of the bytes.
+ */
+export function restListWatch(
+  rest: KubeRest,
+  collectionPath: string,
+  pageSize = 500,
+  { metadataOnly = false }: { metadataOnly?: boolean } = {},
+): ListWatch {
   const query = (params: Record<string, string | number | boolean | undefined>) => {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== "") q.set(k, String(v));
@@ -280,6 +302,7 @@ export function restListWatch(rest: KubeRest, collectionPath: string, pageSize =
           metadata?: { resourceVersion?: string; continue?: string };
         }>(
           `${collectionPath}?${query({ limit: pageSize, continue: cont, labelSelector: req.labelSelector, fieldSelector: req.fieldSelector })}`,
+          metadataOnly ? METADATA_ONLY.list : undefined,
         );
         cont = page.metadata?.continue || undefined;
         yield { items: page.items ?? [], resourceVersion: page.metadata?.resourceVersion ?? "" };
@@ -298,7 +321,7 @@ export function restListWatch(rest: KubeRest, collectionPath: string, pageSize =
         labelSelector: req.labelSelector,
         fieldSelector: req.fieldSelector,
       })}`;
-      return rest.watch(path, onEvent, onDone);
+      return rest.watch(path, onEvent, onDone, metadataOnly ? METADATA_ONLY.watch : undefined);
     },
   };
 }
