@@ -48,8 +48,9 @@ afterAll(async () => {
 
 it("lists and watches Secrets as metadata only: labels, annotations and owners, no data", async () => {
   const path = `/api/v1/namespaces/${ns}/secrets`;
-  const seen: Array<{ event: string; obj: Record<string, unknown> }> = [];
-  const informer = new Informer<Record<string, unknown> & { metadata: { name: string } }>({
+  type Seen = Record<string, unknown> & { metadata: { name: string } };
+  const seen: Array<{ event: string; obj: Seen }> = [];
+  const informer = new Informer<Seen>({
     name: "metadata-only-secrets",
     listWatch: restListWatch(rest, path, 500, { metadataOnly: true }),
   });
