@@ -162,7 +162,7 @@ export class TaskEventRecorder {
       this.#inflight++;
       const regarding = body.regarding as { name: string };
       this.#rest
-        .post(eventsPath(body.metadata.namespace), body)
+        .post(eventsPath(body.metadata.namespace), body, { discardResponse: true })
         .catch((err: unknown) => {
           this.#log.debug("event not recorded", {
             object: `${body.metadata.namespace}/${regarding.name}`,

@@ -1169,19 +1169,21 @@ export function createTaskReconciler(deps: TaskReconcilerDeps): TaskReconciler {
       },
     };
     const existing = deps.credentials.get(key);
+    // The response echoes the Secret, key included: nothing here reads it.
+    const discard = { discardResponse: true };
     if (existing === undefined) {
       try {
-        await rest.post(secretPath(ns), body);
+        await rest.post(secretPath(ns), body, discard);
       } catch (err) {
         if (!isAlreadyExists(err)) throw err;
-        await rest.put(secretPath(ns, secretName), body);
+        await rest.put(secretPath(ns, secretName), body, discard);
       }
     } else {
       try {
-        await rest.put(secretPath(ns, secretName), body);
+        await rest.put(secretPath(ns, secretName), body, discard);
       } catch (err) {
         if (!isNotFound(err)) throw err;
-        await rest.post(secretPath(ns), body);
+        await rest.post(secretPath(ns), body, discard);
       }
     }
     deps.credentials.set(key, svid.serialHex);

@@ -40,6 +40,18 @@ const PATCH_CONTENT_TYPES: Record<PatchType, string> = {
   apply: "application/apply-patch+yaml",
 };
 
+export interface RequestOptions {
+  /** Content type of the body (JSON by default; patches set theirs). */
+  readonly contentType?: string;
+  readonly accept?: string;
+  /**
+   * Resolve with undefined on success without reading the body into a
+   * string or parsing it: for writes whose response the caller never reads.
+   * A Secret's response echoes its data (a private key): not kept either.
+   */
+  readonly discardResponse?: boolean;
+}
+
 export class KubeRest {
   readonly #creds: ClusterCredentials;
   readonly #authority: string;
@@ -104,12 +116,11 @@ export class KubeRest {
     method: string,
     path: string,
     body?: unknown,
-    contentType = "application/json",
-    accept = "application/json",
+    opts: RequestOptions = {},
   ): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.#once<T>(method, path, body, contentType, accept);
+        return await this.#once<T>(method, path, body, opts);
       } catch (err) {
         // A connection that died between requests (GOAWAY, reset) is retried
         // once on a fresh session; API errors are the caller's to handle.
@@ -118,17 +129,17 @@ export class KubeRest {
     }
   }
 
-  #once<T>(method: string, path: string, body: unknown, contentType: string, accept: string): Promise<T> {
+  #once<T>(method: string, path: string, body: unknown, opts: RequestOptions): Promise<T> {
     const session = this.#connect();
     const payload = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
     return new Promise<T>((resolve, reject) => {
       const headers: http2.OutgoingHttpHeaders = {
         ":method": method,
         ":path": path,
-        accept,
+        accept: opts.accept ?? "application/json",
         ...this.#headers(),
       };
-      if (payload !== undefined) headers["content-type"] = contentType;
+      if (payload !== undefined) headers["content-type"] = opts.contentType ?? "application/json";
       const req = session.request(headers, { endStream: payload === undefined });
       req.setTimeout(this.#timeoutMs, () => req.close(http2.constants.NGHTTP2_CANCEL));
       let status = 0;
@@ -136,11 +147,18 @@ export class KubeRest {
       req.on("response", (h) => {
         status = Number(h[":status"] ?? 0);
       });
-      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("data", (c: Buffer) => {
+        // A discarded success body is not kept (an error's is, for its message).
+        if (!(opts.discardResponse && status >= 200 && status < 300)) chunks.push(c);
+      });
       req.on("error", reject);
       req.on("close", () => {
         if (status === 0) {
           reject(new Error(`${method} ${path}: stream closed without a response`));
+          return;
+        }
+        if (opts.discardResponse && status >= 200 && status < 300) {
+          resolve(undefined as T);
           return;
         }
         const text = Buffer.concat(chunks).toString("utf8");
@@ -249,16 +267,16 @@ export class KubeRest {
   }
 
   get<T = unknown>(path: string, accept?: string): Promise<T> {
-    return this.request<T>("GET", path, undefined, undefined, accept);
+    return this.request<T>("GET", path, undefined, accept ? { accept } : {});
   }
-  post<T = unknown>(path: string, body: unknown): Promise<T> {
-    return this.request<T>("POST", path, body);
+  post<T = unknown>(path: string, body: unknown, opts?: Pick<RequestOptions, "discardResponse">): Promise<T> {
+    return this.request<T>("POST", path, body, opts);
   }
-  put<T = unknown>(path: string, body: unknown): Promise<T> {
-    return this.request<T>("PUT", path, body);
+  put<T = unknown>(path: string, body: unknown, opts?: Pick<RequestOptions, "discardResponse">): Promise<T> {
+    return this.request<T>("PUT", path, body, opts);
   }
   patch<T = unknown>(path: string, body: unknown, type: PatchType = "merge"): Promise<T> {
-    return this.request<T>("PATCH", path, body, PATCH_CONTENT_TYPES[type]);
+    return this.request<T>("PATCH", path, body, { contentType: PATCH_CONTENT_TYPES[type] });
   }
   delete<T = unknown>(path: string, body?: unknown): Promise<T> {
     return this.request<T>("DELETE", path, body);

@@ -2,12 +2,13 @@
 // watch (PartialObjectMetadata): against the real API server, what reaches
 // the informer has the labels, annotations and ownerReferences it keeps, and
 // never the Secret's data (its private key). The same list asked for whole
-// objects does carry the data, so the test would see it if it leaked.
+// objects does carry the data, so the test would see it if it leaked. Writes
+// whose response nobody reads (a Secret's echoes its key) can discard it.
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, expect, inject, it } from "vitest";
 import { loadClusterCredentials } from "../../shells/kube/credentials.ts";
 import { Informer } from "../../shells/kube/informer.ts";
-import { KubeRest, restListWatch } from "../../shells/kube/rest.ts";
+import { KubeApiError, KubeRest, restListWatch } from "../../shells/kube/rest.ts";
 import { eventually } from "../support/eventually.ts";
 
 const env = inject("localEnv");
@@ -89,4 +90,18 @@ it("lists and watches Secrets as metadata only: labels, annotations and owners, 
   expect(whole.items.some((s) => Buffer.from(s.data?.["tls.key"] ?? "", "base64").toString() === KEY)).toBe(
     true,
   );
+});
+
+it("a write can discard its response (a Secret's echoes the key); a refused one still says why", async () => {
+  const path = `/api/v1/namespaces/${ns}/secrets`;
+  expect(await rest.post(path, secret("discarded"), { discardResponse: true })).toBeUndefined();
+  const stored = await rest.get<{ data?: Record<string, string> }>(`${path}/discarded`);
+  expect(Buffer.from(stored.data?.["tls.key"] ?? "", "base64").toString()).toBe(KEY);
+  const refused = await rest.post(path, secret("discarded"), { discardResponse: true }).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(refused).toBeInstanceOf(KubeApiError);
+  expect((refused as KubeApiError).reason).toBe("AlreadyExists");
+  expect((refused as Error).message).toContain('"discarded" already exists');
 });
