@@ -200,10 +200,16 @@ async function writeChains(
   // for every send before it: only recent sends are kept, to bound the queue.
   let last: Promise<void> = Promise.resolve();
   let recent: Array<Promise<void>> = [];
+  // Every send gets a handler: only the last one is awaited.
+  let failed: unknown;
+  const noteFailure = (err: unknown) => {
+    failed ??= err;
+  };
   let n = 0;
   for (let c = job.first; c < job.end; c += job.step) {
     for (const { key, input } of chainEvents(job.ns, c)) {
       last = producer.send({ key, value: writer.append(input), headers: CLOUDEVENTS_HEADERS });
+      last.catch(noteFailure);
       recent.push(last);
       // Let sends and acknowledgements run between appends.
       if (++n % 500 === 0) await new Promise((r) => setImmediate(r));
@@ -212,6 +218,7 @@ async function writeChains(
     }
   }
   await last;
+  if (failed !== undefined) throw failed;
   const seconds = (performance.now() - started) / 1000;
   await producer.stop();
   return { events: n, seconds };

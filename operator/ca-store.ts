@@ -88,22 +88,27 @@ export async function loadOrCreateCa(args: {
       serial: serialFromRandom(randomBytes(16)),
     });
     try {
-      await rest.post(secretPath(namespace), {
-        apiVersion: "v1",
-        kind: "Secret",
-        type: "kubernetes.io/tls",
-        metadata: {
-          name: secretName,
-          namespace,
-          labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "ca" },
-          annotations: { "custody.dev/ca-source": "generated" },
+      await rest.post(
+        secretPath(namespace),
+        {
+          apiVersion: "v1",
+          kind: "Secret",
+          type: "kubernetes.io/tls",
+          metadata: {
+            name: secretName,
+            namespace,
+            labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: "ca" },
+            annotations: { "custody.dev/ca-source": "generated" },
+          },
+          data: {
+            "tls.crt": b64(generated.certPem),
+            "tls.key": b64(generated.keyPem),
+            "ca.crt": b64(generated.certPem),
+          },
         },
-        data: {
-          "tls.crt": b64(generated.certPem),
-          "tls.key": b64(generated.keyPem),
-          "ca.crt": b64(generated.certPem),
-        },
-      });
+        // The response echoes the CA's key: not read.
+        { discardResponse: true },
+      );
       log.info("CA generated", {
         object: `${namespace}/${secretName}`,
         notAfter: generated.ca.notAfter.toISOString(),

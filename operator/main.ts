@@ -206,7 +206,7 @@ async function main(): Promise<void> {
     caFingerprint(ca.certDer),
   );
 
-  // 10,000 tasks must fit in ~150 MB: the cache keeps each task as its JSON
+  // 10,000 tasks should fit in little memory: the cache keeps each task as its JSON
   // text (a few KB as one string, instead of a tree of small objects) and
   // parses it when a reconcile needs it, which costs microseconds.
   const tasks = new Informer<CompactTask>({

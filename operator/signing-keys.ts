@@ -42,17 +42,22 @@ async function loadOrCreateSecret<T>(
     }
     const made = value.generate();
     try {
-      await rest.post(secretPath(namespace), {
-        apiVersion: "v1",
-        kind: "Secret",
-        metadata: {
-          name: secretName,
-          namespace,
-          labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: component },
-          annotations: made.annotations,
+      await rest.post(
+        secretPath(namespace),
+        {
+          apiVersion: "v1",
+          kind: "Secret",
+          metadata: {
+            name: secretName,
+            namespace,
+            labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [COMPONENT_LABEL]: component },
+            annotations: made.annotations,
+          },
+          data: made.data,
         },
-        data: made.data,
-      });
+        // The response echoes the key: not read.
+        { discardResponse: true },
+      );
       log.info(`${component} generated`, { secret: secretName, ...made.annotations });
       return made.value;
     } catch (err) {

@@ -58,6 +58,8 @@ export function canonicalMembers(value: unknown, path = "$"): Array<readonly [na
   for (const name of names) {
     const v = value[name];
     if (v === undefined) continue;
+    // The name first: an invalid name is reported before its value.
+    const serializedName = serializeString(name, path);
     let member: string;
     try {
       member = fast(v);
@@ -65,7 +67,7 @@ export function canonicalMembers(value: unknown, path = "$"): Array<readonly [na
       if (err !== NOT_CANONICAL) throw err;
       member = serialize(v, memberPath(path, name));
     }
-    out.push([name, `${serializeString(name, path)}:${member}`]);
+    out.push([name, `${serializedName}:${member}`]);
   }
   return out;
 }

@@ -61,7 +61,11 @@ export interface StreamWriterOptions {
 
 /** An appended event: numbered, chained and hashed, its record bytes made (the sealed ones on demand, once). */
 export interface AppendedEvent<T extends EventType> {
-  /** The event without custodysig (what the hash and a signature cover), parsed from the record bytes on first access. */
+  /**
+   * The event without custodysig (what the hash and a signature cover),
+   * parsed from the record bytes on first access: members in canonical
+   * order, undefined members left out.
+   */
   readonly event: Omit<CustodyEventOf<T>, "custodysig">;
   readonly seq: number;
   readonly hash: string;
@@ -126,9 +130,9 @@ export function createStreamWriter(options: StreamWriterOptions): StreamWriter {
       // One UTF-8 encoding serves both the hash and the record: the record
       // is encoded with the hash's place held by zeros, the hash is taken
       // over the bytes around that member (exactly the hash input), then
-      // written into its place. The envelope before `tail` is ASCII (numbers,
-      // hex, base64url, the checked stream id), so character offsets there
-      // are byte offsets.
+      // written into its place. Everything before `tail` is ASCII (the epoch
+      // and seq digits, the checked base64url kid, the hex previous hash),
+      // so character offsets there are byte offsets.
       const unsealedBytes = Buffer.from(`${epochMember}${HASH_MEMBER_HOLE}${middle}${tail}`, "utf8");
       const hashAt = epochMember.length + HASH_MEMBER_PREFIX.length;
       const hash = oneShotHash(

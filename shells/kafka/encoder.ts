@@ -1,8 +1,8 @@
 // kafkajs 2.2.4 (unmaintained) encodes every record with allocations that
 // cost more than the rest of the provenance writer's per-event work: each
-// varint becomes a JS array and a Buffer, and every encoder (two per record)
-// starts with, and grows by, a fresh zero-filled ArrayBuffer outside Node's
-// buffer pool. This replaces three methods of its Encoder prototype (shared
+// varint becomes a JS array and a Buffer, and every encoder (one per record,
+// one per header) starts with, and grows by, a fresh zero-filled ArrayBuffer
+// outside Node's buffer pool. This replaces three methods of its Encoder prototype (shared
 // by every kafkajs client in the process) with versions that write the same
 // bytes without them:
 //   - writeUVarInt writes LEB128 bytes straight into the buffer;
@@ -16,8 +16,11 @@
 // `Buffer.alloc(Encoder.nextPowerOfTwo(511))`, so the static nextPowerOfTwo
 // (whose only other caller is the ensureAvailable replaced here) answers 0,
 // and the first write takes its 512 bytes from the pool instead.
-// test/unit/kafka-encoder.test.ts holds the bytes equal to a reference
-// encoding and to what kafkajs's own Decoder reads back.
+// Only on kafkajs 2.2.4, whose internals this was checked against (another
+// version keeps its own methods). test/unit/kafka-encoder.test.ts holds the
+// bytes equal to a reference encoding, to what kafkajs's own Decoder reads
+// back, and to what the original methods write for a whole produce request
+// while the buffer pool is full of stale bytes.
 import { createRequire } from "node:module";
 
 interface KafkajsEncoder {
@@ -40,13 +43,33 @@ const FIRST_CAPACITY = 511;
 const require = createRequire(import.meta.url);
 const Encoder = require("kafkajs/src/protocol/encoder") as EncoderClass;
 const proto = Encoder.prototype;
-
+const KAFKAJS_VERSION = (require("kafkajs/package.json") as { version: string }).version;
+/** The kafkajs these replacements were written and checked against. */
+const PATCHED_VERSION = "2.2.4";
 const INT32_MIN = -(2 ** 31);
 const INT32_MAX = 2 ** 31 - 1;
 
-if (!(proto as { custodyFast?: boolean }).custodyFast) {
+interface OriginalMethods {
+  readonly ensureAvailable: KafkajsEncoder["ensureAvailable"];
+  readonly writeUVarInt: KafkajsEncoder["writeUVarInt"];
+  readonly writeVarLong: KafkajsEncoder["writeVarLong"];
+  readonly nextPowerOfTwo: EncoderClass["nextPowerOfTwo"];
+}
+
+// Kept on the prototype: kafkajs's module is loaded once per process, this
+// one may be evaluated again (e.g. by a test runner) after the replacement.
+const patchedProto = proto as KafkajsEncoder & { custodyFast?: boolean; custodyOriginal?: OriginalMethods };
+if (KAFKAJS_VERSION === PATCHED_VERSION && !patchedProto.custodyFast) {
   const originalWriteVarLong = proto.writeVarLong;
   const nextPowerOfTwo = Encoder.nextPowerOfTwo;
+  Object.defineProperty(proto, "custodyOriginal", {
+    value: Object.freeze({
+      ensureAvailable: proto.ensureAvailable,
+      writeUVarInt: proto.writeUVarInt,
+      writeVarLong: proto.writeVarLong,
+      nextPowerOfTwo,
+    }),
+  });
   Encoder.nextPowerOfTwo = () => 0;
 
   proto.ensureAvailable = function ensureAvailable(this: KafkajsEncoder, length: number): void {
@@ -81,4 +104,7 @@ if (!(proto as { custodyFast?: boolean }).custodyFast) {
 }
 
 /** Whether kafkajs's Encoder carries the faster methods (for tests and diagnostics). */
-export const kafkajsEncoderPatched = (proto as { custodyFast?: boolean }).custodyFast === true;
+export const kafkajsEncoderPatched = patchedProto.custodyFast === true;
+
+/** kafkajs's own methods, as they were before the replacements (for tests); undefined if not replaced. */
+export const originalEncoderMethods: OriginalMethods | undefined = patchedProto.custodyOriginal;

@@ -275,8 +275,13 @@ export class KubeRest {
   put<T = unknown>(path: string, body: unknown, opts?: Pick<RequestOptions, "discardResponse">): Promise<T> {
     return this.request<T>("PUT", path, body, opts);
   }
-  patch<T = unknown>(path: string, body: unknown, type: PatchType = "merge"): Promise<T> {
-    return this.request<T>("PATCH", path, body, { contentType: PATCH_CONTENT_TYPES[type] });
+  patch<T = unknown>(
+    path: string,
+    body: unknown,
+    type: PatchType = "merge",
+    opts?: Pick<RequestOptions, "discardResponse">,
+  ): Promise<T> {
+    return this.request<T>("PATCH", path, body, { ...opts, contentType: PATCH_CONTENT_TYPES[type] });
   }
   delete<T = unknown>(path: string, body?: unknown): Promise<T> {
     return this.request<T>("DELETE", path, body);

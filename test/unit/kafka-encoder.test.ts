@@ -4,7 +4,7 @@
 import { createRequire } from "node:module";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { kafkajsEncoderPatched } from "../../shells/kafka/encoder.ts";
+import { kafkajsEncoderPatched, originalEncoderMethods } from "../../shells/kafka/encoder.ts";
 
 const require = createRequire(import.meta.url);
 type Enc = {
@@ -41,6 +41,45 @@ const decodeRecord = require("kafkajs/src/protocol/recordBatch/record/v0/decoder
   headers: Record<string, Buffer>;
 };
 const Long = require("kafkajs/src/utils/long") as { fromString(s: string): unknown };
+const EncoderStatics = Encoder as unknown as { nextPowerOfTwo(v: number): number; prototype: object };
+const ProduceV3 = require("kafkajs/src/protocol/requests/produce/v3/request") as (r: {
+  acks: number;
+  timeout: number;
+  topicData: unknown[];
+}) => { encode(): Promise<{ buffer: Buffer }> };
+
+/** Runs `encode` with kafkajs's own Encoder methods back in place, then puts Custody's back. */
+async function withOriginalMethods<T>(encode: () => Promise<T>): Promise<T> {
+  const proto = EncoderStatics.prototype as Record<string, unknown>;
+  const original = originalEncoderMethods!;
+  const replaced = {
+    ensureAvailable: proto.ensureAvailable,
+    writeUVarInt: proto.writeUVarInt,
+    writeVarLong: proto.writeVarLong,
+    nextPowerOfTwo: EncoderStatics.nextPowerOfTwo,
+  };
+  Object.assign(proto, {
+    ensureAvailable: original.ensureAvailable,
+    writeUVarInt: original.writeUVarInt,
+    writeVarLong: original.writeVarLong,
+  });
+  EncoderStatics.nextPowerOfTwo = original.nextPowerOfTwo;
+  try {
+    return await encode();
+  } finally {
+    Object.assign(proto, {
+      ensureAvailable: replaced.ensureAvailable,
+      writeUVarInt: replaced.writeUVarInt,
+      writeVarLong: replaced.writeVarLong,
+    });
+    EncoderStatics.nextPowerOfTwo = replaced.nextPowerOfTwo;
+  }
+}
+
+/** Fills Node's buffer pool with a marker, so bytes an encoder failed to write would show. */
+function dirtyThePool(): void {
+  for (let i = 0; i < 64; i++) Buffer.allocUnsafe(1024).fill(0xaa);
+}
 
 /** Zigzag LEB128 of a signed integer of the given width, per the Kafka protocol (and protobuf). */
 function reference(value: bigint, bits: 32n | 64n): Buffer {
@@ -104,6 +143,40 @@ describe("kafkajs Encoder, Custody's faster methods", () => {
         );
       }),
       { numRuns: 50 },
+    );
+  });
+
+  it("encode a whole produce request exactly as kafkajs's own methods do, whatever the pool held", async () => {
+    // Keys and values with multi-byte and lone-surrogate text, empty and
+    // multi-KB values, headers, and timestamps far from the batch's first.
+    const text = fc.string({ unit: "binary", maxLength: 40 });
+    const message = fc.record({
+      key: fc.oneof(text, fc.constant(null)),
+      value: fc.oneof(
+        fc.uint8Array({ maxLength: 5000 }).map((b) => Buffer.from(b)),
+        text.map((t) => Buffer.from(t)),
+      ),
+      headers: fc.dictionary(fc.string({ minLength: 1, maxLength: 12 }), text, { maxKeys: 3 }),
+      // Given, so both encodings see the same clock (kafkajs takes Date.now() for a message without).
+      timestamp: fc.integer({ min: 1_600_000_000_000, max: 1_900_000_000_000 }),
+    });
+    await fc.assert(
+      fc.asyncProperty(fc.array(message, { minLength: 1, maxLength: 30 }), async (messages) => {
+        const request = () =>
+          ProduceV3({
+            acks: -1,
+            timeout: 30_000,
+            topicData: [
+              { topic: "custody.provenance", partitions: [{ partition: 0, firstSequence: 0, messages }] },
+            ],
+          }).encode();
+        dirtyThePool();
+        const ours = (await request()).buffer;
+        dirtyThePool();
+        const theirs = (await withOriginalMethods(request)).buffer;
+        expect(ours.equals(theirs)).toBe(true);
+      }),
+      { numRuns: 60 },
     );
   });
 

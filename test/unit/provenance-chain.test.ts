@@ -176,6 +176,14 @@ describe("stream writer", () => {
 
     const { event } = second;
     const bytes = second.sealed();
+    // The record holds what was appended (`event` is read back from its bytes).
+    const input = sampleInput(1);
+    expect(event.data).toEqual(JSON.parse(JSON.stringify(input.data)));
+    expect({ id: event.id, type: event.type, source: event.source }).toEqual({
+      id: input.id,
+      type: input.type,
+      source: input.source,
+    });
     expect(event).toMatchObject({
       specversion: "1.0",
       datacontenttype: "application/json",
@@ -224,6 +232,9 @@ describe("stream writer", () => {
     expect(text.decode(appended.sealed())).toBe(canonicalize(record));
     expect(text.decode(appended.unsealed())).toBe(canonicalize(appended.event));
     expect(record.id).toBe(input.id);
+    expect(record.source).toBe(input.source);
+    expect(record.custodystream).toBe('s/"q\\b');
+    expect(record.data).toEqual(JSON.parse(JSON.stringify(input.data)));
   });
 
   it("continues from a given head", () => {
