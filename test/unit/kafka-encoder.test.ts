@@ -76,9 +76,11 @@ async function withOriginalMethods<T>(encode: () => Promise<T>): Promise<T> {
   }
 }
 
-/** Fills Node's buffer pool with a marker, so bytes an encoder failed to write would show. */
+/** Fills what is left of Node's current buffer pool with a marker, so bytes an encoder failed to write would show. */
 function dirtyThePool(): void {
-  for (let i = 0; i < 64; i++) Buffer.allocUnsafe(1024).fill(0xaa);
+  // Everything from this 1-byte slice to the pool's end is free: the next allocations come from there.
+  const probe = Buffer.allocUnsafe(1);
+  new Uint8Array(probe.buffer, probe.byteOffset, probe.buffer.byteLength - probe.byteOffset).fill(0xaa);
 }
 
 /** Zigzag LEB128 of a signed integer of the given width, per the Kafka protocol (and protobuf). */

@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { ValidationError } from "../../core/errors.ts";
-import { canonicalBytes, canonicalize } from "../../core/provenance/canonical-json.ts";
+import { canonicalBytes, canonicalize, canonicalMembers } from "../../core/provenance/canonical-json.ts";
 
 function doubleFromBits(hex: string): number {
   const view = new DataView(new ArrayBuffer(8));
@@ -148,6 +148,13 @@ describe("canonicalize: the I-JSON edges", () => {
     );
     expect(() => canonicalize({ "\udc00": 1 })).toThrow(ValidationError);
     expect(() => canonicalize(JSON.parse('"\\udead"'))).toThrow(/lone surrogates/);
+    // A bad name is named before its bad value, by every entry point.
+    const both = { "\ud800": "\udc00" };
+    for (const f of [() => canonicalize(both), () => canonicalMembers(both)])
+      expect(f).toThrow(expect.objectContaining({ field: "$", rule: "well-formed-unicode" }));
+    expect(() => canonicalMembers({ ok: { deep: ["\udc00"] } })).toThrow(
+      expect.objectContaining({ field: "$.ok.deep[0]", rule: "well-formed-unicode" }),
+    );
   });
 
   it("leaves out undefined members but refuses other non-JSON values", () => {
