@@ -32,7 +32,7 @@ import { join } from "node:path";
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import { Kafka, logLevel } from "kafkajs";
 import { createStreamWriter } from "../core/provenance/chain.ts";
-import type { EventInput } from "../core/provenance/events.ts";
+import type { DelegationContext, EventData, EventInput } from "../core/provenance/events.ts";
 import { createEs256Signer } from "../core/provenance/sign.ts";
 import { CLOUDEVENTS_HEADERS } from "../operator/provenance.ts";
 import { BatchingProducer } from "../shells/kafka/batching-producer.ts";
@@ -49,26 +49,13 @@ const MAX_BACKLOG = 8000;
 /** What a task's events share, made once per task as the operator has it at hand (not per event). */
 interface Task {
   name: string;
-  context: {
-    taskUid: string;
-    namespace: string;
-    name: string;
-    chainUids: string[];
-    rootUid: string;
-    contextDigest: string;
-  };
+  context: DelegationContext;
   spiffeId: string;
   /** Subject of the events before issuance: namespace/name. */
   pending: string;
   scope: string[];
   serials: string[];
-  certificates: Array<{
-    serial: string;
-    spiffeId: string;
-    notBefore: string;
-    notAfter: string;
-    publicKeySha256: string;
-  }>;
+  certificates: Array<EventData<"dev.custody.task.issued">["certificate"]>;
 }
 
 function task(ns: string, uid: string, name: string, chainUids: string[], now: number): Task {

@@ -31,13 +31,7 @@ export type JsonValue =
 
 /** The canonical form of `value` (a string; UTF-8 encode it to hash or sign). */
 export function canonicalize(value: unknown): string {
-  try {
-    return fast(value);
-  } catch (err) {
-    // The fast pass keeps no paths; the checked pass names the offending one.
-    if (err === NOT_CANONICAL) return serialize(value, "$");
-    throw err;
-  }
+  return fastOrChecked(value, "$");
 }
 
 /** The canonical form of `value` as UTF-8 bytes. */
@@ -60,14 +54,7 @@ export function canonicalMembers(value: unknown, path = "$"): Array<readonly [na
     if (v === undefined) continue;
     // The name first: an invalid name is reported before its value.
     const serializedName = serializeString(name, path);
-    let member: string;
-    try {
-      member = fast(v);
-    } catch (err) {
-      if (err !== NOT_CANONICAL) throw err;
-      member = serialize(v, memberPath(path, name));
-    }
-    out.push([name, `${serializedName}:${member}`]);
+    out.push([name, `${serializedName}:${fastOrChecked(v, path, name)}`]);
   }
   return out;
 }
@@ -83,6 +70,20 @@ const UTF8 = new TextEncoder();
 
 /** Thrown by the fast pass for anything it does not write; the checked pass then says what and where. */
 const NOT_CANONICAL = Symbol("not canonical");
+
+/**
+ * The fast pass's output; when it refuses, the checked pass's error, which
+ * names the offending path (that of member `name` of `path`, when given:
+ * built only then).
+ */
+function fastOrChecked(value: unknown, path: string, name?: string): string {
+  try {
+    return fast(value);
+  } catch (err) {
+    if (err !== NOT_CANONICAL) throw err;
+    return serialize(value, name === undefined ? path : memberPath(path, name));
+  }
+}
 
 // The fast pass: the same output as `serialize`, without building a path
 // for every member (paths are only read in errors, and building them was

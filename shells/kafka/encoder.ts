@@ -2,9 +2,9 @@
 // cost more than the rest of the provenance writer's per-event work: each
 // varint becomes a JS array and a Buffer, and every encoder (one per record,
 // one per header) starts with, and grows by, a fresh zero-filled ArrayBuffer
-// outside Node's buffer pool. This replaces three methods of its Encoder prototype (shared
-// by every kafkajs client in the process) with versions that write the same
-// bytes without them:
+// outside Node's buffer pool. This replaces three methods of its Encoder
+// prototype (shared by every kafkajs client in the process) with versions
+// that write the same bytes without them:
 //   - writeUVarInt writes LEB128 bytes straight into the buffer;
 //   - writeVarLong takes the 32-bit path for numbers that fit (the bytes of a
 //     zigzag varint do not depend on the width), Longs keep the original;
@@ -20,7 +20,7 @@
 // version keeps its own methods). test/unit/kafka-encoder.test.ts holds the
 // bytes equal to a reference encoding, to what kafkajs's own Decoder reads
 // back, and to what the original methods write for a whole produce request
-// while the buffer pool is full of stale bytes.
+// while the free part of the buffer pool holds stale bytes.
 import { createRequire } from "node:module";
 
 interface KafkajsEncoder {
@@ -60,16 +60,14 @@ interface OriginalMethods {
 // one may be evaluated again (e.g. by a test runner) after the replacement.
 const patchedProto = proto as KafkajsEncoder & { custodyFast?: boolean; custodyOriginal?: OriginalMethods };
 if (KAFKAJS_VERSION === PATCHED_VERSION && !patchedProto.custodyFast) {
-  const originalWriteVarLong = proto.writeVarLong;
-  const nextPowerOfTwo = Encoder.nextPowerOfTwo;
-  Object.defineProperty(proto, "custodyOriginal", {
-    value: Object.freeze({
-      ensureAvailable: proto.ensureAvailable,
-      writeUVarInt: proto.writeUVarInt,
-      writeVarLong: proto.writeVarLong,
-      nextPowerOfTwo,
-    }),
+  const original: OriginalMethods = Object.freeze({
+    ensureAvailable: proto.ensureAvailable,
+    writeUVarInt: proto.writeUVarInt,
+    writeVarLong: proto.writeVarLong,
+    nextPowerOfTwo: Encoder.nextPowerOfTwo,
   });
+  Object.defineProperty(proto, "custodyOriginal", { value: original });
+  const { nextPowerOfTwo } = original;
   Encoder.nextPowerOfTwo = () => 0;
 
   proto.ensureAvailable = function ensureAvailable(this: KafkajsEncoder, length: number): void {
@@ -97,7 +95,7 @@ if (KAFKAJS_VERSION === PATCHED_VERSION && !patchedProto.custodyFast) {
   proto.writeVarLong = function writeVarLong(this: KafkajsEncoder, value: unknown): KafkajsEncoder {
     if (typeof value === "number" && Number.isInteger(value) && value >= INT32_MIN && value <= INT32_MAX)
       return this.writeVarInt(value);
-    return originalWriteVarLong.call(this, value);
+    return original.writeVarLong.call(this, value);
   };
 
   Object.defineProperty(proto, "custodyFast", { value: true });

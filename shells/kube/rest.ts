@@ -144,12 +144,13 @@ export class KubeRest {
       req.setTimeout(this.#timeoutMs, () => req.close(http2.constants.NGHTTP2_CANCEL));
       let status = 0;
       const chunks: Buffer[] = [];
+      // A discarded success body is not kept (an error's is, for its message).
+      const discarding = () => opts.discardResponse === true && status >= 200 && status < 300;
       req.on("response", (h) => {
         status = Number(h[":status"] ?? 0);
       });
       req.on("data", (c: Buffer) => {
-        // A discarded success body is not kept (an error's is, for its message).
-        if (!(opts.discardResponse && status >= 200 && status < 300)) chunks.push(c);
+        if (!discarding()) chunks.push(c);
       });
       req.on("error", reject);
       req.on("close", () => {
@@ -157,7 +158,7 @@ export class KubeRest {
           reject(new Error(`${method} ${path}: stream closed without a response`));
           return;
         }
-        if (opts.discardResponse && status >= 200 && status < 300) {
+        if (discarding()) {
           resolve(undefined as T);
           return;
         }
@@ -267,7 +268,7 @@ export class KubeRest {
   }
 
   get<T = unknown>(path: string, accept?: string): Promise<T> {
-    return this.request<T>("GET", path, undefined, accept ? { accept } : {});
+    return this.request<T>("GET", path, undefined, { accept });
   }
   post<T = unknown>(path: string, body: unknown, opts?: Pick<RequestOptions, "discardResponse">): Promise<T> {
     return this.request<T>("POST", path, body, opts);

@@ -27,13 +27,18 @@ function slowApiServer() {
   };
 }
 
+/** A publisher writing through {@link slowApiServer}. */
+function slowPublisher() {
+  const api = slowApiServer();
+  return {
+    api,
+    bundles: new TrustBundlePublisher(api.rest, silentLogger, { "ca.crt": "ca", "bundle.spiffe": "{}" }),
+  };
+}
+
 describe("TrustBundlePublisher.ensure", () => {
   it("resolves a caller once a write that started after its call succeeded, however the content keeps changing", async () => {
-    const api = slowApiServer();
-    const bundles = new TrustBundlePublisher(api.rest, silentLogger, {
-      "ca.crt": "ca",
-      "bundle.spiffe": "{}",
-    });
+    const { api, bundles } = slowPublisher();
     bundles.setRevoked("ns", ["s1"]);
     const a = bundles.ensure("ns"); // write A (s1) in flight
     bundles.setRevoked("ns", ["s1", "s2"]);
@@ -61,11 +66,7 @@ describe("TrustBundlePublisher.ensure", () => {
   });
 
   it("shares one queued write among everyone who asked while a write was in flight", async () => {
-    const api = slowApiServer();
-    const bundles = new TrustBundlePublisher(api.rest, silentLogger, {
-      "ca.crt": "ca",
-      "bundle.spiffe": "{}",
-    });
+    const { api, bundles } = slowPublisher();
     bundles.setRevoked("ns", ["s1"]);
     const first = bundles.ensure("ns");
     const waiting = [1, 2, 3].map((i) => {
